@@ -1,0 +1,239 @@
+"""Configs as plain dataclasses. Variants and presets are data: an ablation is a dict, not code.
+
+A `PretrainConfig` = model sizes + variant (masking and loss terms) + training recipe + dataset.
+`make_config(variant, preset, dataset, **overrides)` builds one; overrides use dotted names
+(`{"variant.laplacian_weight": 0.1, "train.epochs": 3}`) so any single knob can be turned alone.
+"""
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+
+from .masking import SCHEDULES
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 192
+    depth: int = 8
+    num_heads: int = 6
+    decoder_embed_dim: int = 128
+    decoder_depth: int = 4
+    decoder_num_heads: int = 4
+    mlp_ratio: float = 4.0
+    norm_pix_loss: bool = True
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    name: str = "original"
+    mask_schedule: str = "constant"      # constant | linear | cosine (see masking.py)
+    mask_ratio: float = 0.75             # the ratio at the end of the schedule
+    mask_ratio_start: float = 0.75       # the ratio at step 0
+    mask_schedule_frac: float = 0.5      # fraction of training over which start -> end
+    laplacian_weight: float = 0.0        # masked Laplacian high-frequency loss; 0 = off
+    uniformity_weight: float = 0.0       # uniformity regulariser on encoder features; 0 = off
+    uniformity_form: str = "wang_isola"  # wang_isola (log-mean-exp, t) | umae (mean squared cosine)
+    uniformity_features: str = "mean"    # mean of visible patch tokens | cls token (after final norm)
+    uniformity_t: float = 2.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    blr: float = 1.5e-4                  # lr = blr * batch_size / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.95)
+    warmup_epochs: float = 1.0
+    crop_scale: tuple = (0.2, 1.0)       # RandomResizedCrop scale range
+    max_images: int = 0                  # 0 = the whole split; else the first max_images
+    save_every: int = 1                  # checkpoint every N epochs (and at the end, on interrupt)
+
+    @property
+    def lr(self) -> float:
+        return self.blr * self.batch_size / 256
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    pool: str = "cls"                    # features for probe and k-NN: cls | mean
+    batch_size: int = 128
+    lp_epochs: int = 90
+    knn_k: int = 20
+    ft_epochs: int = 10
+    max_train: int = 0                   # 0 = whole labelled split
+    max_test: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    variant: VariantConfig = field(default_factory=VariantConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    dataset: str = "stl10"
+    preset: str = "paper"
+    seed: int = 0
+
+
+_CURRICULUM = dict(mask_schedule="linear", mask_ratio_start=0.5, mask_ratio=0.75, mask_schedule_frac=0.5)
+_LAPLACIAN = dict(laplacian_weight=0.05)
+_UNIFORMITY = dict(uniformity_weight=0.01, uniformity_form="wang_isola", uniformity_features="mean")
+
+VARIANTS = {
+    "original": VariantConfig("original"),
+    "improved": VariantConfig("improved", **_CURRICULUM, **_LAPLACIAN, **_UNIFORMITY),
+    "curriculum": VariantConfig("curriculum", **_CURRICULUM),
+    "laplacian": VariantConfig("laplacian", **_LAPLACIAN),
+    "uniformity": VariantConfig("uniformity", **_UNIFORMITY),
+    "uniformity_umae": VariantConfig("uniformity_umae", uniformity_weight=0.01, uniformity_form="umae",
+                                     uniformity_features="cls"),
+    "decreasing": VariantConfig("decreasing", mask_schedule="linear", mask_ratio_start=0.9,
+                                mask_ratio=0.75, mask_schedule_frac=0.5),
+}
+
+_SMOKE_MODEL = ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                           decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+PRESETS = {
+    # the project's description: 224 px (STL-10 upscaled), batch 64, 10 epochs
+    "paper": dict(model=ModelConfig(img_size=224), train=TrainConfig(epochs=10, batch_size=64),
+                  eval=EvalConfig(batch_size=128, lp_epochs=90, ft_epochs=10)),
+    # same model at STL-10's native 96 px (36 patches): ~5x cheaper per image
+    "fast": dict(model=ModelConfig(img_size=96), train=TrainConfig(epochs=10, batch_size=64),
+                 eval=EvalConfig(batch_size=128, lp_epochs=50, ft_epochs=5)),
+    # tiny model and data so that a whole pipeline finishes in seconds on 2 CPU cores (tests, CI)
+    "smoke": dict(model=_SMOKE_MODEL,
+                  train=TrainConfig(epochs=2, batch_size=16, blr=1.5e-3, warmup_epochs=1, max_images=128),
+                  eval=EvalConfig(batch_size=64, lp_epochs=5, ft_epochs=1, max_train=128, max_test=128)),
+}
+
+DATASETS = ("stl10", "fashion_mnist", "cifar10", "folder", "synthetic")
+
+
+def _choose(kind: str, name: str, valid) -> None:
+    if name not in valid:
+        raise ValueError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")
+
+
+def make_config(variant: str = "original", preset: str = "paper", dataset: str = "stl10",
+                seed: int = 0, overrides: dict | None = None) -> PretrainConfig:
+    """Build and validate the config of `variant` under `preset`, then apply dotted overrides."""
+    _choose("variant", variant, VARIANTS)
+    _choose("preset", preset, PRESETS)
+    _choose("dataset", dataset, DATASETS)
+    cfg = PretrainConfig(variant=VARIANTS[variant], dataset=dataset, preset=preset, seed=seed,
+                         **PRESETS[preset])
+    cfg = apply_overrides(cfg, overrides or {})
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg, overrides: dict):
+    """Return cfg with dotted keys replaced, e.g. {'train.epochs': 3, 'model.img_size': 96}."""
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        names = {f.name for f in fields(cfg)}
+        if head not in names:
+            raise ValueError(f"unknown config key {key!r}; valid: {', '.join(sorted(names))}")
+        current = getattr(cfg, head)
+        if rest:
+            if not is_dataclass(current):
+                raise ValueError(f"config key {head!r} has no field {rest!r}")
+            value = apply_overrides(current, {rest: value})
+        else:
+            value = _coerce(value, current, key)
+        cfg = replace(cfg, **{head: value})
+    return cfg
+
+
+def _coerce(value, current, key):
+    """Turn command-line strings into the type of the field they replace."""
+    if not isinstance(value, str) or isinstance(current, str):
+        return tuple(value) if isinstance(current, tuple) else value
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if isinstance(current, tuple):
+            return tuple(type(c)(v) for c, v in zip(current, value.split(",")))
+        return type(current)(value)
+    except ValueError:
+        raise ValueError(f"config key {key!r}: cannot read {value!r} as {type(current).__name__}") from None
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Raise ValueError with one clear sentence for the first bad value found."""
+    m, v, t, e = cfg.model, cfg.variant, cfg.train, cfg.eval
+    checks = [
+        (m.img_size > 0 and m.patch_size > 0 and m.img_size % m.patch_size == 0,
+         f"model.img_size {m.img_size} must be a positive multiple of model.patch_size {m.patch_size}"),
+        (m.embed_dim % m.num_heads == 0 and m.decoder_embed_dim % m.decoder_num_heads == 0,
+         "embed dims must be divisible by their numbers of heads"),
+        (0 <= v.mask_ratio < 1 and 0 <= v.mask_ratio_start < 1,
+         f"mask ratios must lie in [0, 1): got start {v.mask_ratio_start}, end {v.mask_ratio}"),
+        (0 <= v.mask_schedule_frac <= 1, "variant.mask_schedule_frac must lie in [0, 1]"),
+        (v.mask_schedule in SCHEDULES,
+         f"unknown mask schedule {v.mask_schedule!r}; valid: {', '.join(SCHEDULES)}"),
+        (v.laplacian_weight >= 0 and v.uniformity_weight >= 0,
+         f"loss weights must be >= 0 (0 switches a term off): got laplacian {v.laplacian_weight}, "
+         f"uniformity {v.uniformity_weight}"),
+        (v.uniformity_form in ("wang_isola", "umae"), "variant.uniformity_form must be wang_isola or umae"),
+        (v.uniformity_features in ("mean", "cls"), "variant.uniformity_features must be mean or cls"),
+        (t.epochs > 0, f"train.epochs must be positive, got {t.epochs}"),
+        (t.batch_size > 0 and e.batch_size > 0,
+         f"batch sizes must be positive, got {t.batch_size} and {e.batch_size}"),
+        (t.blr > 0 and t.weight_decay >= 0 and t.warmup_epochs >= 0 and t.save_every > 0,
+         "train.blr must be > 0, weight_decay and warmup_epochs >= 0, save_every > 0"),
+        (t.max_images >= 0, "train.max_images must be >= 0 (0 = all)"),
+        (e.pool in ("cls", "mean"), "eval.pool must be cls or mean"),
+        (e.lp_epochs > 0 and e.ft_epochs > 0 and e.knn_k > 0, "eval epochs and knn_k must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    min_keep = int((m.img_size // m.patch_size) ** 2 * (1 - max(v.mask_ratio, v.mask_ratio_start)))
+    if min_keep < 1:
+        raise ValueError("the mask ratio leaves no visible patch at this image and patch size")
+
+
+def to_dict(cfg) -> dict:
+    """Plain, JSON- and weights_only-safe dict (tuples become lists)."""
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return plain(asdict(cfg))
+
+
+def from_dict(d: dict) -> PretrainConfig:
+    sub = {"model": ModelConfig, "variant": VariantConfig, "train": TrainConfig, "eval": EvalConfig}
+    kwargs = {}
+    for k, v in d.items():
+        if k in sub:
+            cls = sub[k]
+            known = {f.name: f for f in fields(cls)}
+            kwargs[k] = cls(**{n: tuple(x) if isinstance(x, list) else x for n, x in v.items() if n in known})
+        else:
+            kwargs[k] = v
+    return PretrainConfig(**kwargs)
+
+
+# what may differ between a checkpoint and the resuming config without changing the trajectory
+RESUME_FREE = ("train.save_every", "eval.")
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """['train.epochs: 2 -> 3', ...] for the keys that differ between two config dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out

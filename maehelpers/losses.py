@@ -1,0 +1,86 @@
+"""Pretraining losses: the official masked MSE and the two terms of the improved variant.
+
+Spaces, stated once: every reconstruction term compares prediction and target in the SAME space,
+the model's target space (`MAE.target`): pixels of the normalised input, further normalised per
+patch when `norm_pix_loss` is on. (The earlier implementation compared a per-patch-normalised
+prediction with raw pixels; see RECIPE.md section 3.)
+"""
+import torch
+import torch.nn.functional as F
+
+LAPLACIAN_3x3 = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def masked_mean(per_patch, mask):
+    """Average of a (N, L) per-patch quantity over masked patches (mask = 1 where removed)."""
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def masked_mse(pred, target, mask):
+    """MSE per patch, averaged over the removed patches only (official MAE loss)."""
+    return masked_mean(((pred - target) ** 2).mean(dim=-1), mask)
+
+
+def patch_laplacian(patches, patch_size: int, in_chans: int):
+    """Laplacian (3x3, no padding) of every patch on its own: (N, L, p*p*C) -> (N, L, C*(p-2)^2).
+
+    Working inside each patch keeps visible neighbours and per-patch normalisation seams out of it.
+    """
+    N, L, _ = patches.shape
+    x = patches.reshape(N * L, patch_size, patch_size, in_chans).permute(0, 3, 1, 2)
+    kernel = LAPLACIAN_3x3.to(x).expand(in_chans, 1, 3, 3)
+    return F.conv2d(x, kernel, groups=in_chans).reshape(N, L, -1)
+
+
+def laplacian_loss(pred, target, mask, patch_size: int, in_chans: int):
+    """Masked high-frequency loss: L1 between the Laplacians of prediction and target,
+    averaged per patch, then over removed patches (both in the model's target space)."""
+    diff = patch_laplacian(pred, patch_size, in_chans) - patch_laplacian(target, patch_size, in_chans)
+    return masked_mean(diff.abs().mean(dim=-1), mask)
+
+
+def uniformity_wang_isola(features, t: float = 2.0):
+    """Wang & Isola (2020): log mean_{i<j} exp(-t |z_i - z_j|^2) on L2-normalised features.
+    Lower is more uniform; its minimum depends on batch size and dimension (it is negative)."""
+    z = F.normalize(features.float(), dim=-1)
+    return torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log()
+
+
+def uniformity_umae(features):
+    """U-MAE (Zhang et al. 2022): mean over pairs i != j of (z_i . z_j)^2, z L2-normalised.
+    1 for fully collapsed features, about 1/D for spread-out ones."""
+    z = F.normalize(features.float(), dim=-1)
+    sim2 = (z @ z.T).pow(2)
+    n = z.shape[0]
+    return (sim2.sum() - sim2.diagonal().sum()) / (n * (n - 1))
+
+
+UNIFORMITY = {"wang_isola": uniformity_wang_isola, "umae": uniformity_umae}
+
+
+def pretrain_loss(model, imgs, mask_ratio: float, variant, noise=None):
+    """The full pretraining objective of a variant. Returns (total, parts, pred, mask).
+
+    total = masked MSE + laplacian_weight * Laplacian + uniformity_weight * uniformity, where the
+    uniformity term sees the encoder's output on the visible patches (`variant.uniformity_features`:
+    'mean' of visible patch tokens, or the 'cls' token; both after the final norm).
+    """
+    from .model import pool_tokens
+    latent, mask, ids_restore = model.forward_encoder(imgs, mask_ratio, noise)
+    pred = model.forward_decoder(latent, ids_restore)
+    target = model.target(imgs)
+    mse = masked_mse(pred.float(), target.float(), mask)
+    parts = {"mse": mse}
+    total = mse
+    if variant.laplacian_weight > 0:
+        p, c = model.patch_embed.patch_size, model.in_chans
+        parts["laplacian"] = laplacian_loss(pred.float(), target.float(), mask, p, c)
+        total = total + variant.laplacian_weight * parts["laplacian"]
+    if variant.uniformity_weight > 0:
+        features = pool_tokens(latent, variant.uniformity_features)
+        if variant.uniformity_form == "wang_isola":
+            parts["uniformity"] = uniformity_wang_isola(features, variant.uniformity_t)
+        else:
+            parts["uniformity"] = UNIFORMITY[variant.uniformity_form](features)
+        total = total + variant.uniformity_weight * parts["uniformity"]
+    return total, parts, pred, mask

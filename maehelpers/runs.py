@@ -1,0 +1,111 @@
+"""Run folders: atomic checkpoint writes, safe loads, merged results.json, JSON-lines logs.
+
+A run folder (`runs/<name>/`) holds checkpoint_last.pt, encoder_pretrained.pt, results.json,
+log_steps.jsonl and log_epochs.jsonl. Every write goes to a temporary file in the same folder and
+is renamed over the old one, so an interrupted write never replaces the last good file.
+"""
+import io
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written, read, or used; the message says why and what to do."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write in {path.parent} ({e.strerror}); "
+                              f"{'the previous ' + path.name + ' is untouched' if path.exists() else 'nothing was written'}. "
+                              "Choose a writable runs folder or free some space.") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; run folders are meant to be shared
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = f"the last good {path.name} is kept" if path.exists() else f"no {path.name} was written"
+            raise CheckpointError(f"writing {path} failed ({e.strerror or e}); {kept}. "
+                                  "Free some disk space or choose another runs folder, then resume.") from None
+        raise
+
+
+def save_torch(obj, path) -> None:
+    """torch.save through a temporary file and an atomic rename."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def save_json(obj, path) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"))
+
+
+def load_torch(path) -> dict:
+    """Load a checkpoint with weights_only=True; anything else than a dict of tensors and plain
+    values (for example a pickle that would run code) is refused with a CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} is not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+            "It may be truncated, corrupted, or not a checkpoint; it was not executed. "
+            "Delete it to start over, or restore a good copy.") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dictionary")
+    return obj
+
+
+def read_results(run_dir) -> dict:
+    path = Path(run_dir) / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def merge_results(run_dir, updates: dict) -> dict:
+    """Merge `updates` into run_dir/results.json (one level deep for dict values); keep the rest."""
+    results = read_results(run_dir)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(results.get(key), dict):
+            results[key] = {**results[key], **value}
+        else:
+            results[key] = value
+    save_json(results, Path(run_dir) / "results.json")
+    return results
+
+
+def read_jsonl(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a crash
+            pass
+    return rows
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

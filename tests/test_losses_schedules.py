@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+
+from maehelpers.config import VARIANTS, make_config
+from maehelpers.losses import (laplacian_loss, masked_mse, patch_laplacian, pretrain_loss,
+                               uniformity_umae, uniformity_wang_isola)
+from maehelpers.masking import mask_ratio_at
+from maehelpers.model import MAE
+from maehelpers.pretrain import lr_at, param_groups
+
+
+def test_masked_mse_ignores_visible_patches():
+    target = torch.randn(2, 4, 12)
+    mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]])
+    pred = target.clone()
+    pred[mask == 0] += 100.0          # visible patches may hold anything
+    assert masked_mse(pred, target, mask) == 0
+    pred[0, 0] += 1.0                 # one masked patch off by 1 everywhere: 1 / 3 masked patches
+    assert torch.isclose(masked_mse(pred, target, mask), torch.tensor(1 / 3))
+
+
+def test_laplacian_zero_on_constant_positive_on_edge():
+    p, c = 4, 3
+    mask = torch.ones(1, 1)
+    flat = torch.full((1, 1, p * p * c), 0.7)
+    assert laplacian_loss(flat, torch.full_like(flat, -2.0), mask, p, c) == 0  # constants: no HF at all
+    edge = torch.zeros(1, p, p, c)
+    edge[:, :, 2:, :] = 1.0           # vertical step edge
+    edge = edge.reshape(1, 1, -1)
+    assert laplacian_loss(flat, edge, mask, p, c) > 0
+    # hand value: 2x2 valid outputs per channel; along the edge columns 1 and 2 the Laplacian is
+    # +1 (left of the step) and -1 (right): mean |.| = 1
+    assert torch.isclose(patch_laplacian(edge, p, c).abs().mean(), torch.tensor(1.0))
+    assert laplacian_loss(flat, edge, torch.zeros(1, 1), p, c) == 0  # visible patches ignored
+
+
+def test_uniformity_lower_for_spread_features():
+    torch.manual_seed(0)
+    spread = torch.randn(64, 16)
+    collapsed = torch.ones(64, 16) + 0.01 * torch.randn(64, 16)
+    assert uniformity_wang_isola(spread) < uniformity_wang_isola(collapsed)
+    assert uniformity_umae(spread) < uniformity_umae(collapsed)
+    assert torch.isclose(uniformity_umae(torch.ones(8, 4)), torch.tensor(1.0))
+    # orthonormal features: no pair correlates
+    assert torch.isclose(uniformity_umae(torch.eye(4)), torch.tensor(0.0))
+    # two antipodal points: |z1 - z2|^2 = 4, one pair: log exp(-2 * 4) = -8
+    assert torch.isclose(uniformity_wang_isola(torch.tensor([[1.0, 0], [-1, 0]])), torch.tensor(-8.0))
+
+
+def test_weights_switch_terms():
+    model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+                decoder_depth=1, decoder_num_heads=2)
+    imgs, noise = torch.randn(4, 3, 32, 32), torch.rand(4, 16)
+    total, parts, _, _ = pretrain_loss(model, imgs, 0.75, VARIANTS["original"], noise)
+    assert set(parts) == {"mse"} and torch.equal(total, parts["mse"])
+    assert torch.isclose(total, model(imgs, 0.75, noise)[0])  # same as the official forward
+    total, parts, _, _ = pretrain_loss(model, imgs, 0.75, VARIANTS["improved"], noise)
+    assert set(parts) == {"mse", "laplacian", "uniformity"}
+    assert torch.isclose(total, parts["mse"] + 0.05 * parts["laplacian"] + 0.01 * parts["uniformity"])
+
+
+def test_mask_schedules_hand_values():
+    v = VARIANTS
+    assert mask_ratio_at(0.3, v["original"]) == 0.75
+    # curriculum: 0.5 -> 0.75 over the first half, then constant
+    assert mask_ratio_at(0.0, v["curriculum"]) == 0.5
+    assert math.isclose(mask_ratio_at(0.25, v["curriculum"]), 0.625)
+    assert mask_ratio_at(0.5, v["curriculum"]) == 0.75 and mask_ratio_at(0.9, v["improved"]) == 0.75
+    assert math.isclose(mask_ratio_at(0.25, v["decreasing"]), 0.825)
+    cos = make_config("curriculum", "smoke", overrides={"variant.mask_schedule": "cosine"}).variant
+    assert math.isclose(mask_ratio_at(0.25, cos), 0.625)                # midpoint of the cosine
+    assert math.isclose(mask_ratio_at(0.125, cos), 0.75 - 0.25 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_learning_rate_hand_values_and_scaling():
+    assert lr_at(5, 100, 10, 1e-3) == pytest.approx(5e-4)
+    assert lr_at(10, 100, 10, 1e-3) == pytest.approx(1e-3)
+    assert lr_at(55, 100, 10, 1e-3) == pytest.approx(5e-4)              # half-way down the cosine
+    assert lr_at(100, 100, 10, 1e-3, min_lr=1e-5) == pytest.approx(1e-5)
+    assert make_config("original", "paper").train.lr == pytest.approx(1.5e-4 * 64 / 256)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+                decoder_depth=1, decoder_num_heads=2)
+    no_decay, decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    d = {names[id(p)] for p in decay["params"]}
+    assert no_decay["weight_decay"] == 0 and decay["weight_decay"] == 0.05
+    assert {"blocks.0.norm1.weight", "blocks.0.attn.qkv.bias", "norm.bias", "decoder_pred.bias"} <= nd
+    assert {"blocks.0.attn.qkv.weight", "patch_embed.proj.weight", "cls_token"} <= d
+    assert "pos_embed" not in nd | d  # fixed, not trained
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="valid variants: original, improved"):
+        make_config("bogus")
+    with pytest.raises(ValueError, match="valid presets"):
+        make_config("original", "huge")
+    with pytest.raises(ValueError, match="valid datasets"):
+        make_config("original", "smoke", "imagenet")
+    bad = {"model.img_size": 100, "variant.mask_ratio": 1.0, "train.epochs": 0, "train.batch_size": -1,
+           "variant.laplacian_weight": -0.1}
+    for key, value in bad.items():
+        with pytest.raises(ValueError):
+            make_config("original", "paper", overrides={key: value})
+    cfg = make_config("original", "smoke", overrides={"variant.laplacian_weight": "0.2", "train.epochs": "3"})
+    assert cfg.variant.laplacian_weight == 0.2 and cfg.train.epochs == 3
