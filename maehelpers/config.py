@@ -60,11 +60,23 @@ class TrainConfig:
 class EvalConfig:
     pool: str = "cls"                    # features for probe and k-NN: cls | mean
     batch_size: int = 128
-    lp_epochs: int = 90
-    knn_k: int = 20
-    ft_epochs: int = 10
     max_train: int = 0                   # 0 = whole labelled split
     max_test: int = 0
+    lp_epochs: int = 90
+    lp_lr: float = 1e-3                  # AdamW + warmup/cosine (stated instead of LARS, see evaluate.py)
+    knn_k: int = 20
+    knn_t: float = 0.07
+    ft_epochs: int = 10
+    ft_blr: float = 1e-3                 # lr = ft_blr * batch_size / 256
+    ft_layer_decay: float = 0.75
+    ft_drop_path: float = 0.1
+    ft_label_smoothing: float = 0.1
+    ft_weight_decay: float = 0.05
+    ft_warmup_epochs: float = 1.0
+    ft_mixup: float = 0.0                # alpha; 0 = off (the official 0.8 hurts at short budgets)
+    ft_cutmix: float = 0.0               # alpha; 0 = off (official 1.0)
+    ft_crop_scale: tuple = (0.08, 1.0)
+    recon_images: int = 64               # fixed evaluation set for masked PSNR / HF error
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,8 @@ PRESETS = {
     # tiny model and data so that a whole pipeline finishes in seconds on 2 CPU cores (tests, CI)
     "smoke": dict(model=_SMOKE_MODEL,
                   train=TrainConfig(epochs=2, batch_size=16, blr=1.5e-3, warmup_epochs=1, max_images=128),
-                  eval=EvalConfig(batch_size=64, lp_epochs=5, ft_epochs=1, max_train=128, max_test=128)),
+                  eval=EvalConfig(batch_size=64, lp_epochs=5, ft_epochs=2, ft_warmup_epochs=0.5, max_train=128, max_test=128,
+                                  recon_images=8)),
 }
 
 DATASETS = ("stl10", "fashion_mnist", "cifar10", "folder", "synthetic")
@@ -190,6 +203,9 @@ def validate(cfg: PretrainConfig) -> None:
         (t.max_images >= 0, "train.max_images must be >= 0 (0 = all)"),
         (e.pool in ("cls", "mean"), "eval.pool must be cls or mean"),
         (e.lp_epochs > 0 and e.ft_epochs > 0 and e.knn_k > 0, "eval epochs and knn_k must be positive"),
+        (e.max_train >= 0 and e.max_test >= 0 and e.recon_images > 0, "eval image counts must be >= 0"),
+        (e.ft_mixup >= 0 and e.ft_cutmix >= 0 and 0 <= e.ft_label_smoothing < 1 and 0 <= e.ft_drop_path < 1,
+         "eval.ft_mixup/ft_cutmix must be >= 0, ft_label_smoothing and ft_drop_path in [0, 1)"),
     ]
     for ok, message in checks:
         if not ok:

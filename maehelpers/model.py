@@ -288,3 +288,43 @@ def adapt_pos_embeds(state_dict: dict, model: MAE) -> dict:
         if key in out and out[key].shape[1] != model.num_patches + 1:
             out[key] = interpolate_pos_embed(out[key], model.num_patches)
     return out
+
+
+# ----------------------------------------------------------------------------- fine-tuning model
+class ViTClassifier(nn.Module):
+    """The MAE encoder as a classifier, laid out as the official fine-tuning ViT (models_vit.py,
+    global_pool=True): mean of patch tokens -> fc_norm -> head; drop path rising linearly to
+    `drop_path`; position embeddings trainable, as in timm. Encoder keys match `MAE`'s."""
+
+    def __init__(self, num_classes: int, img_size=224, patch_size=16, in_chans=3, embed_dim=192, depth=8,
+                 num_heads=6, mlp_ratio=4.0, drop_path=0.1, **unused_decoder_args):
+        super().__init__()
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.patch_embed.grid_size, True).unsqueeze(0))
+        rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, r) for r in rates])
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes)
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.apply(MAE._init_weights)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # official: tiny head init
+
+    def load_encoder(self, state_dict: dict) -> None:
+        """Load MAE encoder weights (decoder and final norm are not used with global pooling)."""
+        state = {k: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIXES) and not k.startswith("norm.")}
+        if state["pos_embed"].shape != self.pos_embed.shape:
+            state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], self.patch_embed.num_patches)
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        assert set(missing) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}, missing
+        assert not unexpected, unexpected
+
+    def forward(self, imgs):
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.fc_norm(x[:, 1:].mean(dim=1)))

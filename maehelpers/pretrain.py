@@ -254,3 +254,16 @@ def load_encoder(path, img_size: int | None = None):
     if bad:
         raise CheckpointError(f"{path} does not fit the model of its own config: {bad[:5]}")
     return model, cfg
+
+
+def load_mae(run_dir):
+    """The full MAE (decoder included) of a run folder, from its checkpoint_last.pt."""
+    from .config import from_dict
+    path = Path(run_dir) / "checkpoint_last.pt"
+    ckpt = load_torch(path)
+    if "model" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path} has no 'model' and 'config' entries: not a maehelpers checkpoint")
+    cfg = from_dict(ckpt["config"])
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg

@@ -1,0 +1,129 @@
+"""Pictures: reconstruction grid under identical masks, training curves, results bar chart.
+
+Every function draws a matplotlib Figure (for notebooks) and, given a path, saves it as PNG at a
+fixed size (no tight bounding box), so files are comparable between runs.
+"""
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from .data import prepare
+from .metrics import fixed_noise, masked_psnr, reconstruct
+from .runs import read_jsonl
+
+DPI = 100
+
+
+def _to_hwc(img):
+    return img.permute(1, 2, 0).cpu().numpy()
+
+
+def draw_recon_grid(models: dict, images_u8, img_size: int, mask_ratio: float = 0.75, seed: int = 0,
+                    pasted: bool = True):
+    """Rows: images. Columns: image | masked input | per model: reconstruction (and the
+    reconstruction with visible patches pasted back). Every model sees the SAME mask noise.
+    Returns (figure, {model name: (N,) masked PSNR}, the pixel masks each model received)."""
+    grids = {m.num_patches for m in models.values()}
+    if len(grids) != 1:
+        raise ValueError("models in one grid must share the patch grid (same image and patch size)")
+    n = len(images_u8)
+    noise = fixed_noise(n, grids.pop(), seed)
+    columns, psnrs, masks = [], {}, {}  # columns: (title, images, per-image PSNR or None)
+    for name, model in models.items():
+        device = next(model.parameters()).device
+        imgs = prepare(images_u8, img_size, device)
+        original, masked, recon, paste, pm = reconstruct(model, imgs, mask_ratio, noise.to(device))
+        if not columns:
+            columns += [("image", original, None), ("masked", masked, None)]
+        psnrs[name], masks[name] = masked_psnr(recon, original, pm).cpu(), pm.cpu()
+        columns.append((name, recon, psnrs[name]))
+        if pasted:
+            columns.append((f"{name} + visible", paste, None))
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.6 * len(columns), 1.75 * n), dpi=DPI, squeeze=False)
+    for i in range(n):
+        for j, (title, panel, psnr) in enumerate(columns):
+            ax = axes[i, j]
+            ax.imshow(_to_hwc(panel[i]).clip(0, 1))
+            ax.set_xticks([]), ax.set_yticks([])
+            lines = ([title] if i == 0 else []) + ([f"{psnr[i]:.1f} dB"] if psnr is not None else [])
+            ax.set_title("\n".join(lines), fontsize=7)
+    fig.suptitle(f"mask ratio {mask_ratio}, mask seed {seed}; PSNR on masked pixels", fontsize=8)
+    return fig, psnrs, masks
+
+
+def save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def recon_grid(models: dict, images_u8, img_size: int, path, mask_ratio: float = 0.75, seed: int = 0) -> dict:
+    """Draw and save the reconstruction grid; returns the per-image masked PSNRs."""
+    fig, psnrs, _ = draw_recon_grid(models, images_u8, img_size, mask_ratio, seed)
+    save(fig, path)
+    return psnrs
+
+
+def draw_curves(run_dirs):
+    """Loss, mask ratio and learning rate against step for one or more runs, shared axes."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), dpi=DPI, sharex=True)
+    for run_dir in map(Path, run_dirs):
+        rows = read_jsonl(run_dir / "log_steps.jsonl")
+        if not rows:
+            continue
+        steps = [r["step"] for r in rows]
+        for ax, key in zip(axes, ("loss", "mask_ratio", "lr")):
+            ax.plot(steps, [r[key] for r in rows], label=run_dir.name, lw=1)
+    for ax, key in zip(axes, ("total loss", "mask ratio", "learning rate")):
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(run_dirs, path) -> Path:
+    return save(draw_curves(run_dirs), path)
+
+
+def draw_results(rows, metrics=("lp_top1", "knn_top1", "ft_top1"), errors: dict | None = None):
+    """Grouped bars of top-1 per run (rows: dicts with 'run' and the metrics); optional error bars
+    as errors[(run, metric)] = half-width."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 3.5), dpi=DPI)
+    width = 0.8 / len(metrics)
+    for k, metric in enumerate(metrics):
+        xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
+        vals = [r.get(metric) or 0.0 for r in rows]
+        err = [(errors or {}).get((r["run"], metric), 0.0) for r in rows]
+        ax.bar(xs, vals, width, yerr=err if errors else None, capsize=3, label=metric)
+    ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=20, fontsize=8)
+    ax.set_ylabel("top-1 (%)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_results(rows, path, **kw) -> Path:
+    return save(draw_results(rows, **kw), path)
+
+
+def show_images(images_u8, labels=None, classes=None, n: int = 16):
+    """A sample grid of raw images with their class names."""
+    n = min(n, len(images_u8))
+    cols = min(8, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.5 * rows), dpi=DPI, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        img = images_u8[i].float() / 255
+        ax = axes.flat[i]
+        ax.imshow(_to_hwc(img.expand(3, -1, -1)))
+        if labels is not None and classes:
+            ax.set_title(classes[int(labels[i])], fontsize=7)
+    fig.tight_layout()
+    return fig

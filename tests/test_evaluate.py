@@ -1,0 +1,153 @@
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from maehelpers.config import make_config
+from maehelpers.data import load_dataset
+from maehelpers.evaluate import (compare_runs, evaluate_run, finetune, knn_top1, linear_probe,
+                                 make_scratch_run, recon_run)
+from maehelpers.metrics import PSNR_CAP, masked_hf_error, masked_psnr, reconstruct
+from maehelpers.model import MAE
+from maehelpers.pretrain import load_mae, pretrain
+from maehelpers.runs import load_torch, read_results
+from maehelpers.viz import draw_recon_grid, plot_curves, plot_results, recon_grid
+from maehelpers.widgets import Inspector, draw_inspector
+
+
+def blobs(n, dim=32, classes=4, seed=0, random_labels=False):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centres = 4 * torch.randn(classes, dim, generator=torch.Generator().manual_seed(99))
+    x = centres[y] + torch.randn(n, dim, generator=g)
+    if random_labels:
+        y = torch.randint(0, classes, (n,), generator=g)
+    return x, y
+
+
+def test_probe_and_knn_on_separable_and_random_labels():
+    xtr, ytr = blobs(400)
+    xte, yte = blobs(200, seed=1)
+    lp = linear_probe(xtr, ytr, xte, yte, epochs=30, batch_size=64, progress=False)
+    assert lp["top1"] > 95
+    assert knn_top1(xtr, ytr, xte, yte) > 95
+    rtr, rytr = blobs(400, random_labels=True)
+    rte, ryte = blobs(400, seed=1, random_labels=True)
+    chance = 25
+    assert abs(linear_probe(rtr, rytr, rte, ryte, epochs=30, batch_size=64, progress=False)["top1"] - chance) < 10
+    assert abs(knn_top1(rtr, rytr, rte, ryte) - chance) < 10
+
+
+def test_knn_hand_example():
+    train = torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    assert knn_top1(train, labels, torch.tensor([[1.0, 0.05], [0.05, 1.0]]), torch.tensor([0, 1]), k=1) == 100.0
+
+
+def test_psnr_hand_value_cap_and_mask():
+    target = torch.zeros(1, 3, 4, 4)
+    pred = torch.zeros(1, 3, 4, 4)
+    mask = torch.zeros(1, 3, 4, 4)
+    mask[..., :2, :] = 1                       # top half masked
+    pred[..., :2, :] = 0.1                     # error 0.1 on every masked pixel: MSE 0.01 -> 20 dB
+    pred[..., 2:, :] = 0.9                     # visible pixels are ignored
+    assert torch.isclose(masked_psnr(pred, target, mask), torch.tensor([20.0]))
+    assert masked_psnr(target, target, mask).item() == PSNR_CAP
+    assert masked_hf_error(target + 0.3, target, mask).item() == pytest.approx(0.0, abs=1e-6)
+    edge = target.clone()
+    edge[..., :, 2:] = 1.0
+    assert masked_hf_error(target, edge, mask).item() > 0
+
+
+def test_reconstruct_undoes_norm_pix_with_target_stats():
+    torch.manual_seed(0)
+    model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+                decoder_depth=1, decoder_num_heads=2, norm_pix_loss=True)
+    imgs = torch.randn(2, 3, 32, 32) * 0.5
+    original, masked, recon, pasted, pm = reconstruct(model, imgs, 0.75)
+    assert recon.shape == original.shape == pm.shape and 0 <= recon.min() and recon.max() <= 1
+    assert torch.equal(pasted * (1 - pm), original * (1 - pm))     # visible pixels come from the image
+    assert pm[:, 0].mean().item() == pytest.approx(0.75)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for variant in ("original", "improved"):
+        pretrain(make_config(variant, "smoke", "synthetic"), root / variant, progress=False)
+    return root
+
+
+def test_grid_uses_identical_masks_and_fixed_size(two_runs, tmp_path):
+    models = {name: load_mae(two_runs / name)[0] for name in ("original", "improved")}
+    images = load_dataset("synthetic", "test").images[:3]
+    fig, psnrs, masks = draw_recon_grid(models, images, 32)
+    assert torch.equal(masks["original"], masks["improved"])
+    path = tmp_path / "recon_grid.png"
+    recon_grid(models, images, 32, path)
+    assert Image.open(path).size == (int(1.6 * 6 * 100), int(1.75 * 3 * 100))
+    curves = plot_curves([two_runs / "original", two_runs / "improved"], tmp_path / "curves.png")
+    assert Image.open(curves).size == (1200, 320)
+    bars = plot_results([{"run": "a", "lp_top1": 50.0}, {"run": "b", "lp_top1": 60.0}], tmp_path / "bars.png")
+    assert Image.open(bars).size[1] == 350
+
+
+def test_inspector_redraws_on_slider_change(two_runs):
+    models = {name: load_mae(two_runs / name)[0] for name in ("original", "improved")}
+    images = load_dataset("synthetic", "test").images[:5]
+    ins = Inspector(models, images, 32)
+    assert ins.redraws == 1
+    before = dict(ins.psnrs)
+    ins.index.value = 3
+    assert ins.redraws == 2 and ins.psnrs != before
+    ins.ratio.value = 0.5
+    assert ins.redraws == 3
+    _, direct = draw_inspector(models, images, 32, index=3, mask_ratio=0.5)
+    assert direct == pytest.approx(ins.psnrs)
+
+
+def test_finetune_trains_the_encoder_and_scratch_differs(tmp_path):
+    cfg = make_config("original", "smoke", "synthetic")
+    pretrain(cfg, tmp_path / "run", progress=False)
+    train = load_dataset("synthetic", "train", max_images=64)
+    test = load_dataset("synthetic", "test", max_images=32)
+    state = load_torch(tmp_path / "run" / "encoder_pretrained.pt")["model"]
+    res, model = finetune(cfg, train, test, state, progress=False)
+    key = "blocks.0.attn.qkv.weight"
+    assert not torch.allclose(model.state_dict()[key], state[key])          # the encoder itself trained
+    assert 0 <= res["top1"] <= 100 and res["steps"] == 2
+    scratch_cfg = make_config("original", "smoke", "synthetic")
+    torch.manual_seed(0)
+    from maehelpers.model import ViTClassifier
+    fresh = ViTClassifier(10, **{k: v for k, v in vars(scratch_cfg.model).items()})
+    loaded = ViTClassifier(10, **{k: v for k, v in vars(scratch_cfg.model).items()})
+    loaded.load_encoder(state)
+    assert not torch.allclose(fresh.state_dict()[key], loaded.state_dict()[key])
+    assert torch.equal(loaded.state_dict()[key], state[key])
+
+
+def test_evaluate_run_merges_and_skips_finished_steps(two_runs, tmp_path):
+    run = two_runs / "original"
+    res = evaluate_run(run, progress=False)
+    for key in ("lp_top1", "knn_top1", "ft_top1", "pretrain_time_s", "config"):
+        assert key in res
+    assert res["lp"]["epochs"] == 5 and res["lp"]["n_train"] == 128
+    cache = list((run / "features").glob("*.pt"))
+    assert len(cache) == 2                                       # train and test features cached
+    mtimes = {p: p.stat().st_mtime_ns for p in cache}
+    res2 = evaluate_run(run, steps=("lp",), force=True, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in cache} == mtimes   # no re-encoding
+    assert res2["ft_top1"] == res["ft_top1"]                    # other results kept
+    recon = recon_run(run, load_dataset("synthetic", "test"))
+    assert math.isfinite(recon["psnr_masked"]) and recon["lp_top1"] == res2["lp_top1"]
+    scratch = make_scratch_run(make_config("original", "smoke", "synthetic"), two_runs / "scratch")
+    evaluate_run(scratch, steps=("ft",), progress=False)
+    a = load_torch(scratch / "encoder_pretrained.pt")["model"]["blocks.0.attn.qkv.weight"]
+    b = load_torch(run / "encoder_pretrained.pt")["model"]["blocks.0.attn.qkv.weight"]
+    assert not torch.equal(a, b)
+    rows = compare_runs([run, scratch], tmp_path / "compare")
+    assert rows[0]["scratch_ft_top1"] == read_results(scratch)["ft_top1"]
+    assert "| original |" in (tmp_path / "compare" / "compare.md").read_text()
+    assert json.loads((tmp_path / "compare" / "compare.json").read_text()) == rows
