@@ -1,5 +1,6 @@
-"""Command line: `python -m maehelpers pretrain ...` (see `--help`)."""
+"""Command line: `python -m maehelpers {run,pretrain,evaluate} ...` (see `--help`)."""
 import argparse
+import ast
 import json
 import sys
 from pathlib import Path
@@ -40,16 +41,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="any config field, e.g. --set variant.laplacian_weight 0.1")
     p.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("run", help="execute the notebook series 00-05 with papermill")
+    add_common(r)
+    r.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
+                   help="a notebook parameter, e.g. -p epochs 2 (Python literals; else a string)")
+    r.add_argument("--only", help="comma-separated notebook numbers, e.g. 03,05")
+
+    e = sub.add_parser("evaluate", help="linear probe, k-NN and fine-tuning of every run under --runs-root")
+    add_common(e)
+    e.add_argument("--steps", default="lp,knn,ft", help="comma-separated: lp, knn, ft")
+    e.add_argument("--force", action="store_true", help="redo steps that already have results")
     return parser
+
+
+def literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def run_command(args) -> None:
+    from .runner import preflight, run_series
+    data_root, runs_root = Path(args.data_root).resolve(), Path(args.runs_root).resolve()
+    make_config("original", args.preset, args.dataset)  # unknown names fail here, before any work
+    preflight(args.dataset, data_root)
+    params = {"dataset": args.dataset, "preset": args.preset, "data_root": str(data_root),
+              "runs_root": str(runs_root), "seed": args.seed, "device": args.device}
+    params.update({k: literal(v) for k, v in args.parameter})
+    out = run_series(params, args.only, runs_root)
+    print(f"executed notebooks: {out}/")
+    table = runs_root / "compare" / "compare.md"
+    if table.exists():
+        print(table.read_text())
+
+
+def evaluate_command(args) -> None:
+    from .notebook import evaluate_all, setup
+    paths = setup(args.data_root, args.runs_root, device=args.device)
+    print(evaluate_all(paths, tuple(s.strip() for s in args.steps.split(",")), args.force))
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
     from .pretrain import NonFiniteLossError, pretrain
+    from .runner import SeriesError
     from .runs import CheckpointError
     try:
-        if args.command == "pretrain":
+        if args.command == "run":
+            run_command(args)
+        elif args.command == "evaluate":
+            evaluate_command(args)
+        elif args.command == "pretrain":
             cfg = make_config(args.variant, args.preset, args.dataset, args.seed, _overrides(args))
             run_dir = Path(args.runs_root) / (args.run_name or args.variant)
             result = pretrain(cfg, run_dir, data_root=args.data_root, resume=args.resume,
@@ -57,7 +102,7 @@ def main(argv=None) -> int:
             print(json.dumps({k: result[k] for k in ("variant", "pretrain_time_s", "pretrain_final_loss")
                               if k in result}, indent=1))
             print(f"wrote {run_dir}/")
-    except (ValueError, DataError, CheckpointError, NonFiniteLossError) as e:
+    except (ValueError, DataError, CheckpointError, NonFiniteLossError, SeriesError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import PretrainConfig, from_dict, to_dict
+from .config import PretrainConfig, apply_overrides, from_dict, to_dict, validate
 from .data import ImageSet, augment, load_dataset, prepare
 from .model import MAE, ViTClassifier, encoder_state_dict
 from .pretrain import amp_dtype, build_model, load_encoder, lr_at, pick_device, step_generator
@@ -245,11 +245,13 @@ def load_eval_data(cfg: PretrainConfig, data_root="data"):
 
 
 def evaluate_run(run_dir, data_root="data", steps=("lp", "knn", "ft"), data=None, device=None,
-                 progress: bool = True, force: bool = False) -> dict:
+                 progress: bool = True, force: bool = False, overrides: dict | None = None) -> dict:
     """Linear probe, k-NN and fine-tuning of one run folder; each result is merged into its
-    results.json. A step whose result is already there is skipped unless force=True."""
+    results.json. A step whose result is already there is skipped unless force=True.
+    overrides: dotted eval settings, e.g. {"eval.lp_epochs": 10}."""
     run_dir = Path(run_dir)
-    cfg, done = run_config(run_dir), read_results(run_dir)
+    cfg, done = apply_overrides(run_config(run_dir), overrides or {}), read_results(run_dir)
+    validate(cfg)
     train, test = data or load_eval_data(cfg, data_root)
     e, seed = cfg.eval, cfg.seed
     common = {"n_train": len(train), "n_test": len(test), "seed": seed}

@@ -1,0 +1,247 @@
+"""Write notebooks/00-05 from the cell texts below, so 01 and 02 cannot drift apart.
+
+    python scripts/make_notebooks.py                  # write the notebooks without outputs
+    python scripts/make_notebooks.py --store-outputs  # then run them on the smoke preset and keep the
+                                                      # outputs of the cells tagged nbval-check-output
+
+The stored outputs are what the nbval regression test compares (pytest --nbval-lax); each one is
+chosen to be independent of preset and dataset, so it holds for Colab runs as well.
+"""
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+CHECK = "nbval-check-output"
+
+INSTALL = '''\
+# Set-up. In Colab, install maehelpers from the repository; locally run `pip install -e .` once.
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("maehelpers") is None:
+    REPO_URL = "https://github.com/OWNER/REPO"  # this repository's address (see README)
+    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "mae"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "mae"], check=True)
+    sys.path.insert(0, "mae")'''
+
+COMMON_PARAMS = '''\
+dataset = "stl10"      # stl10 | fashion_mnist | cifar10 | folder | synthetic
+preset = "paper"       # paper (224 px, as the description) | fast (96 px) | smoke (seconds; tests)
+data_root = "data"     # datasets live (or are downloaded) here
+runs_root = "runs"     # run folders: runs/<variant>/, runs/compare/
+seed = 0
+device = "auto"        # auto: CUDA when present, else CPU (mixed precision on CUDA only)
+use_drive = False      # Colab: keep runs_root on Google Drive so a killed session resumes
+force = False          # True: redo work that is already finished'''
+
+SETUP = '''\
+import maehelpers as mh
+from maehelpers import notebook as nb
+paths = nb.setup(data_root, runs_root, use_drive, device)'''
+
+
+def parameters(extra=""):
+    cell = new_code_cell(COMMON_PARAMS + ("\n" + extra if extra else ""))
+    cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+def check(source):
+    cell = new_code_cell(source)
+    cell.metadata["tags"] = [CHECK]
+    return cell
+
+
+def md(text):
+    return new_markdown_cell(text)
+
+
+def code(text):
+    return new_code_cell(text)
+
+
+def head(title, intro, extra_params=""):
+    return [md(f"# {title}\n\n{intro}"), code(INSTALL),
+            md("**Parameters.** Change them here, or pass them with papermill "
+               "(`python -m maehelpers run -p KEY VALUE`)."), parameters(extra_params), code(SETUP)]
+
+
+def pretrain_notebook(variant, title, why):
+    return head(title, why, f'variant = "{variant}"\nimg_size = None      # None keeps the value of the preset\n'
+                            'epochs = None\nbatch_size = None\nmax_images = None    # use only the first N images') + [
+        md("## What this variant is\nThe masking schedule and loss terms that define it. Everything else "
+           "(model, data, optimiser, budget) is shared by all variants."),
+        check("cfg = mh.make_config(variant, preset, dataset, seed,\n"
+              "                     nb.overrides(img_size, epochs, batch_size, max_images))\n"
+              "nb.describe_variant(cfg)"),
+        md("## Pretrain\nAdamW (0.9, 0.95), weight decay 0.05 except biases and norms, lr = 1.5e-4 x batch / 256, "
+           "warmup then cosine. A checkpoint is written every epoch; if this cell is stopped (or Colab "
+           "disconnects) running it again resumes exactly where it stopped. A finished run is skipped."),
+        code("result = nb.pretrain_variant(variant, preset, dataset, paths, seed, force,\n"
+             "                             img_size=img_size, epochs=epochs, batch_size=batch_size,\n"
+             "                             max_images=max_images)\n"
+             "print({k: result.get(k) for k in ('variant', 'pretrain_time_s', 'pretrain_final_loss', 'device')})"),
+        md("## Training curves\nLoss, mask ratio and learning rate per step, from the run's log."),
+        code("from maehelpers.viz import draw_curves\ndraw_curves([paths.runs_root / variant]);"),
+        md("## What was written"),
+        code("for f in sorted((paths.runs_root / variant).iterdir()):\n    print(f.name)"),
+        md(f"`{variant}/checkpoint_last.pt` holds the full MAE (for resuming and reconstructions), "
+           "`encoder_pretrained.pt` the encoder alone (for probing and fine-tuning), `results.json` the "
+           "config, seed, device, git commit and pretraining time. Next: the other pretraining notebook, "
+           "then `03_linear_probe.ipynb`."),
+    ]
+
+
+NOTEBOOKS = {
+    "00_data.ipynb": head(
+        "00 · The data",
+        "Locate (or download) the dataset, look at it, and see what the augmentation does. STL-10 has "
+        "100,000 unlabeled 96x96 images for pretraining and 5,000 / 8,000 labelled ones (10 classes) for "
+        "train / test. Without STL-10 files and without network, use `dataset = \"fashion_mnist\"` "
+        "(Debian: `apt-get install dataset-fashion-mnist`) or `\"synthetic\"`.") + [
+        md("## Load the three splits\nImages are kept as uint8 tensors; pretraining never sees labels."),
+        code("cfg = mh.make_config('original', preset, dataset, seed)\n"
+             "pretrain_set = mh.load_dataset(dataset, 'pretrain', paths.data_root, max_images=cfg.train.max_images)\n"
+             "train = mh.load_dataset(dataset, 'train', paths.data_root, max_images=cfg.eval.max_train)\n"
+             "test = mh.load_dataset(dataset, 'test', paths.data_root, max_images=cfg.eval.max_test)\n"
+             "for name, s in [('pretrain', pretrain_set), ('train', train), ('test', test)]:\n"
+             "    print(f'{name:>8}: {len(s):6d} images of {tuple(s.images.shape[1:])}')"),
+        check("print(len(train.classes), 'classes; the pretraining split has labels:', pretrain_set.labels is not None)"),
+        md("## Class balance"),
+        code("import matplotlib.pyplot as plt\n"
+             "counts = train.labels.bincount(minlength=len(train.classes))\n"
+             "plt.figure(figsize=(7, 2.5)); plt.bar(train.classes, counts); plt.xticks(rotation=30)\n"
+             "plt.title('train images per class'); plt.show()"),
+        md("## A sample"),
+        code("from maehelpers.viz import show_images\nshow_images(train.images, train.labels, train.classes, n=16);"),
+        md("## What pretraining sees\nThe same image, eight random resized crops (scale 0.2-1) with flips, "
+           "resized to the model's input size, computed for the whole batch at once on the device."),
+        code("import torch\nfrom maehelpers.data import augment, denormalize\n"
+             "batch = augment(train.images[:1].expand(8, -1, -1, -1), cfg.model.img_size, cfg.train.crop_scale,\n"
+             "                generator=torch.Generator().manual_seed(seed))\n"
+             "show_images((denormalize(batch) * 255).byte(), n=8);"),
+        md("## Masking, in numbers\nAt the paper's geometry (224 px, patch 16) and ratio 0.75, the encoder "
+           "sees a quarter of the patches: this is what makes MAE cheap."),
+        check("L = (224 // 16) ** 2\nkeep = int(L * (1 - 0.75))\n"
+              "print(f'{L} patches; mask ratio 0.75 removes {L - keep} and keeps {keep}')"),
+        md("Nothing was written: the next notebook, `01_pretrain_original.ipynb`, pretrains."),
+    ],
+    "01_pretrain_original.ipynb": pretrain_notebook(
+        "original", "01 · Pretrain the original MAE",
+        "A faithful reproduction of He et al. (2022): a fixed 75 % mask, MSE on the removed patches "
+        "with per-patch normalised targets, nothing else."),
+    "02_pretrain_improved.ipynb": pretrain_notebook(
+        "improved", "02 · Pretrain the improved MAE",
+        "The same model and budget with three additions: a curriculum on the mask ratio (0.5 -> 0.75 over "
+        "the first half), a masked Laplacian high-frequency loss (weight 0.05), and a uniformity "
+        "regulariser on the encoder's features (weight 0.01). Whether they help is measured in 03-05 "
+        "and in `benchmarks/ablation.py`: the literature gives reasons to doubt each (RECIPE.md, section 4)."),
+    "03_linear_probe.ipynb": head(
+        "03 · Linear probe and k-NN",
+        "How linearly separable are the frozen encoders' features? For every pretrained run (and a "
+        "randomly initialised encoder, the baseline), extract features of the whole labelled images once "
+        "(cached in the run folder), train BatchNorm + Linear on the train split, and report top-1 on the "
+        "test split at the last epoch; then a k-NN classifier (k = 20, cosine) on the same features.",
+        "lp_epochs = None     # None keeps the value of the preset\nbatch_size = None") + [
+        md("## The protocol"),
+        check("from maehelpers.evaluate import run_config\ne = run_config(nb.pretrained_runs(paths, False)[0]).eval\n"
+              "print(f'features: {e.pool} token; probe: BN + Linear, AdamW + cosine, last epoch; '\n"
+              "      f'k-NN: k={e.knn_k}, T={e.knn_t}')"),
+        md("## Probe every run\nResults are merged into each run's `results.json`; finished runs are skipped "
+           "unless `force`."),
+        code("table = nb.evaluate_all(paths, ('lp', 'knn'), force, lp_epochs=lp_epochs, batch_size=batch_size)\n"
+             "nb.show_table(table)"),
+        md("At short budgets MAE features are weak under linear probes (the paper's ViT-B at 100 epochs: "
+           "46 %), so compare against the random-encoder row, and see 04 for fine-tuning."),
+    ],
+    "04_finetune.ipynb": head(
+        "04 · Fine-tune",
+        "Train the WHOLE encoder with a classification head, for each pretrained run and from a random "
+        "initialisation with the same recipe (the no-pretraining baseline, run `scratch`), so the table "
+        "shows what pretraining bought.",
+        "ft_epochs = None     # None keeps the value of the preset\nbatch_size = None") + [
+        md("## The recipe\nOfficial MAE fine-tuning, scaled down: global average pooling + LayerNorm + "
+           "head, layer-wise lr decay, drop path, label smoothing, warmup + cosine."),
+        check("from maehelpers.evaluate import run_config\ne = run_config(nb.pretrained_runs(paths, False)[0]).eval\n"
+              "print(f'layer decay {e.ft_layer_decay}, drop path {e.ft_drop_path}, label smoothing '\n"
+              "      f'{e.ft_label_smoothing}, mixup {e.ft_mixup}, cutmix {e.ft_cutmix}, weight decay {e.ft_weight_decay}')"),
+        md("## Fine-tune every run"),
+        code("table = nb.evaluate_all(paths, ('ft',), force, ft_epochs=ft_epochs, batch_size=batch_size)\n"
+             "nb.show_table(table)"),
+        md("Results are in each run's `results.json` (`ft_top1`, with the recipe under `ft`)."),
+    ],
+    "05_visualize.ipynb": head(
+        "05 · Reconstructions, metrics and the final comparison",
+        "All pretrained models reconstruct the same test images under the SAME masks. Masked-region "
+        "PSNR and Laplacian high-frequency error are computed on a fixed evaluation set with fixed mask "
+        "noise; pictures and the final table go to `runs/compare/`.") + [
+        md("## Which runs"),
+        check("print(sorted(r.name for r in nb.pretrained_runs(paths)))"),
+        md("## Metrics, reconstruction grid, curves, table"),
+        code("vis = nb.visualize_all(paths)\nnb.show_table(vis['table'])"),
+        code("from IPython.display import Image, display\n"
+             "for name in ('recon_grid.png', 'curves.png', 'results.png'):\n"
+             "    display(Image(filename=str(paths.compare / name)))"),
+        md("## Inspect interactively\nMove the sliders: image, mask ratio, mask seed; pick the models. "
+           "Every model gets the same mask."),
+        code("from maehelpers.widgets import Inspector\n"
+             "Inspector(vis['models'], vis['images'], vis['img_size']).widget"),
+        md("## What was written\n`runs/compare/`: `recon_grid.png`, `curves.png`, `results.png`, `compare.md`, "
+           "`compare.json`; every run's `results.json` now also holds `psnr_masked` and `hf_error_masked`."),
+        code("print((paths.compare / 'compare.md').read_text())"),
+    ],
+}
+
+SMOKE = {"dataset": "synthetic", "preset": "smoke"}
+
+
+def build() -> dict:
+    out = {}
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["language_info"] = {"name": "python"}
+        nb.metadata["colab"] = {"provenance": []}
+        for i, cell in enumerate(nb.cells):  # stable ids: diffs stay small when the text changes
+            cell.id = f"{Path(name).stem[:2]}-{i:02d}"
+        out[name] = nb
+    return out
+
+
+def store_outputs(notebooks: dict) -> None:
+    """Run the series on the smoke preset and copy the outputs of the check cells back."""
+    import papermill as pm
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, nb in notebooks.items():
+            src, dst = Path(tmp) / f"in_{name}", Path(tmp) / name
+            nbformat.write(nb, src)
+            pm.execute_notebook(str(src), str(dst), parameters={**SMOKE, "data_root": f"{tmp}/data",
+                                                                 "runs_root": f"{tmp}/runs"},
+                                progress_bar=False, cwd=str(ROOT))
+            done = {c.id: c for c in nbformat.read(dst, as_version=4).cells}
+            for cell in nb.cells:
+                if CHECK in cell.metadata.get("tags", []):
+                    cell.outputs = done[cell.id].outputs
+                    cell.execution_count = 1  # nbval treats a cell with outputs but no count as unrun
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store-outputs", action="store_true")
+    args = parser.parse_args(argv)
+    notebooks = build()
+    if args.store_outputs:
+        store_outputs(notebooks)
+    NB_DIR.mkdir(exist_ok=True)
+    for name, nb in notebooks.items():
+        nbformat.validate(nb)
+        nbformat.write(nb, NB_DIR / name)
+        print("wrote", NB_DIR / name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
