@@ -1,8 +1,13 @@
-"""maehelpers: a paper-faithful Masked Autoencoder, its improved variant, and their evaluation."""
+"""maehelpers: a paper-faithful Masked Autoencoder, its improved variant, and their evaluation.
+
+Modules: model (MAE), masking (ratio schedules), losses, config (variants, presets), data,
+pretrain (`pretrain.pretrain`), evaluate, metrics, viz, widgets, runs (run folders), notebook
+(what the notebooks call), runner (papermill series), cli.
+"""
 from .config import DATASETS, PRESETS, VARIANTS, PretrainConfig, make_config
 from .data import ImageSet, load_dataset
 from .model import MAE
-from .pretrain import load_encoder, pick_device, pretrain
+from .pretrain import load_encoder, load_mae, pick_device
 
 __all__ = ["MAE", "PretrainConfig", "make_config", "VARIANTS", "PRESETS", "DATASETS", "ImageSet",
-           "load_dataset", "pretrain", "load_encoder", "pick_device"]
+           "load_dataset", "load_encoder", "load_mae", "pick_device"]

@@ -115,6 +115,13 @@ PRESETS = {
     # same model at STL-10's native 96 px (36 patches): ~5x cheaper per image
     "fast": dict(model=ModelConfig(img_size=96), train=TrainConfig(epochs=10, batch_size=64),
                  eval=EvalConfig(batch_size=128, lp_epochs=50, ft_epochs=5)),
+    # benchmarks/ablation.py on 28 px images (Fashion-MNIST): a smaller ViT (128 wide, 6 deep;
+    # decoder 64 x 2) on 49 patches of 4 px, 500 steps of 128 images, so 18 runs fit in ~90 min on 2 CPU cores
+    "ablation": dict(model=ModelConfig(img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4,
+                                       decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4),
+                     train=TrainConfig(epochs=4, batch_size=128, blr=1e-3, warmup_epochs=0.2, max_images=16000),
+                     eval=EvalConfig(batch_size=256, lp_epochs=30, max_train=5000, max_test=5000, recon_images=256,
+                                     ft_epochs=2)),
     # tiny model and data so that a whole pipeline finishes in seconds on 2 CPU cores (tests, CI)
     "smoke": dict(model=_SMOKE_MODEL,
                   train=TrainConfig(epochs=2, batch_size=16, blr=1.5e-3, warmup_epochs=1, max_images=128),

@@ -22,7 +22,7 @@ from .data import augment, epoch_order, load_dataset
 from .losses import pretrain_loss
 from .masking import mask_ratio_at
 from .model import MAE, encoder_state_dict
-from .runs import CheckpointError, load_torch, merge_results, read_jsonl, save_torch, git_commit
+from .runs import CheckpointError, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl, save_torch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -113,7 +113,7 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
     resumes. Ctrl-C saves a checkpoint at the current step and re-raises KeyboardInterrupt.
     """
     validate(cfg)
-    run_dir, device = Path(run_dir), pick_device(device)
+    run_dir, device = prepare_run_dir(run_dir), pick_device(device)
     ckpt_path = run_dir / "checkpoint_last.pt"
     ckpt = None
     if ckpt_path.exists():
@@ -157,7 +157,6 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
                     "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
                     "config": to_dict(cfg)}, ckpt_path)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     step_log, epoch_log = run_dir / "log_steps.jsonl", run_dir / "log_epochs.jsonl"
     for log in (step_log, epoch_log):  # drop lines past the checkpoint (written before a crash)
         rows = [r for r in read_jsonl(log) if r["step"] <= step] if ckpt is not None else []
@@ -229,10 +228,20 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
         "status": "done"})
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"cpu: {cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def load_encoder(path, img_size: int | None = None):

@@ -43,6 +43,23 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def prepare_run_dir(run_dir) -> Path:
+    """Create run_dir, check that it is writable, and remove temporary files that a killed write
+    left behind (the files they were replacing are intact). Raises CheckpointError up front."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=run_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CheckpointError(f"run folder {run_dir} is not writable ({e.strerror}); nothing was changed. "
+                              "Choose another --runs-root or fix its permissions.") from None
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    return run_dir
+
+
 def save_torch(obj, path) -> None:
     """torch.save through a temporary file and an atomic rename."""
     buf = io.BytesIO()
