@@ -298,14 +298,13 @@ COLUMNS = ("run", "variant", "seed", "lp_top1", "knn_top1", "ft_top1", "psnr_mas
 def compare_runs(run_dirs, out_dir) -> list[dict]:
     """Collect the runs' results into out_dir/compare.json and compare.md (markdown table).
     The scratch row (if present) gives scratch_ft_top1: what pretraining bought."""
-    rows = []
-    for run_dir in map(Path, run_dirs):
-        r = read_results(run_dir)
-        if r:
-            rows.append({"run": run_dir.name, **{c: r.get(c) for c in COLUMNS[1:]}})
+    run_dirs = [Path(d) for d in run_dirs if read_results(d)]
+    rows = [{"run": d.name, **{c: read_results(d).get(c) for c in COLUMNS[1:]}} for d in run_dirs]
     scratch = next((r["ft_top1"] for r in rows if r["variant"] == "scratch" and r.get("ft_top1") is not None), None)
-    for row in rows:
+    for run_dir, row in zip(map(Path, run_dirs), rows):
         row["scratch_ft_top1"] = scratch
+        if scratch is not None and row["variant"] != "scratch":
+            merge_results(run_dir, {"scratch_ft_top1": scratch})
     out_dir = Path(out_dir)
     save_json(rows, out_dir / "compare.json")
     (out_dir / "compare.md").write_text(markdown_table(rows, COLUMNS))

@@ -149,7 +149,10 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
             torch.cuda.set_rng_state(ckpt["rng_cuda"])
         step, time_before = ckpt["step"], ckpt["pretrain_time_s"]
 
+    saved = {"step": step}  # the step of the newest checkpoint on disk
+
     def save(at_step: int, seconds: float):
+        saved["step"] = at_step
         save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                     "step": at_step, "epoch": at_step // steps_per_epoch, "pretrain_time_s": seconds,
@@ -163,6 +166,8 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
         log.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     end_step = total_steps if stop_at_epoch is None else min(total_steps, stop_at_epoch * steps_per_epoch)
+    if step >= total_steps and progress:
+        print(f"{ckpt_path} is already complete ({step} steps): nothing to train")
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.variant.name}", unit="step",
@@ -213,8 +218,8 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
                 raise KeyboardInterrupt
     bar.close()
     seconds = time_before + time.perf_counter() - t0
-    if step != (ckpt or {}).get("step"):
-        save(step, seconds)  # at the end, or mid-epoch when stop_at_epoch cut the run
+    if step != saved["step"] or not ckpt_path.exists():
+        save(step, seconds)  # the end, when save_every skipped the last epoch
     if step < total_steps:
         return {"status": "paused", "step": step, "total_steps": total_steps}
 

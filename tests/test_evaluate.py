@@ -128,6 +128,13 @@ def test_finetune_trains_the_encoder_and_scratch_differs(tmp_path):
     assert torch.equal(loaded.state_dict()[key], state[key])
 
 
+def test_finetune_with_mixup_and_cutmix_runs(tmp_path):
+    cfg = make_config("original", "smoke", "synthetic", overrides={"eval.ft_mixup": 0.8, "eval.ft_cutmix": 1.0})
+    train = load_dataset("synthetic", "train", max_images=64)
+    res, _ = finetune(cfg, train, load_dataset("synthetic", "test", max_images=16), None, progress=False)
+    assert res["steps"] == 2 and res["final_train_loss"] > 0
+
+
 def test_evaluate_run_merges_and_skips_finished_steps(two_runs, tmp_path):
     run = two_runs / "original"
     res = evaluate_run(run, progress=False)
@@ -148,6 +155,6 @@ def test_evaluate_run_merges_and_skips_finished_steps(two_runs, tmp_path):
     b = load_torch(run / "encoder_pretrained.pt")["model"]["blocks.0.attn.qkv.weight"]
     assert not torch.equal(a, b)
     rows = compare_runs([run, scratch], tmp_path / "compare")
-    assert rows[0]["scratch_ft_top1"] == read_results(scratch)["ft_top1"]
+    assert rows[0]["scratch_ft_top1"] == read_results(scratch)["ft_top1"] == read_results(run)["scratch_ft_top1"]
     assert "| original |" in (tmp_path / "compare" / "compare.md").read_text()
     assert json.loads((tmp_path / "compare" / "compare.json").read_text()) == rows

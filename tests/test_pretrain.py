@@ -88,6 +88,7 @@ def test_load_encoder_at_another_size(tmp_path, smoke_cfg):
     assert model.forward_features(torch.randn(2, 3, 48, 48)).shape == (2, 32)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_loading_is_weights_only(tmp_path):
     marker = tmp_path / "pwned"
 
