@@ -4,7 +4,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import apply_overrides, make_config, to_dict, validate
+from .config import apply_overrides, to_dict, validate
 from .evaluate import (compare_runs, evaluate_run, find_runs, make_scratch_run, markdown_table, recon_run,
                        run_config, load_eval_data)
 from .pretrain import pick_device, pretrain
@@ -58,17 +58,16 @@ def describe_variant(cfg) -> None:
         print(f"{key:>20}: {value}")
 
 
-def pretrain_variant(variant: str, preset: str, dataset: str, paths: Paths, seed: int = 0, force: bool = False,
-                     **kw) -> dict:
+def pretrain_variant(cfg, paths: Paths, force: bool = False) -> dict:
     """Pretrain (or resume, or skip when finished) runs/<variant>/; force=True starts over."""
-    cfg = make_config(variant, preset, dataset, seed, overrides(**kw))
-    run_dir = paths.runs_root / variant
+    run_dir = paths.runs_root / cfg.variant.name
     if force and run_dir.exists():
         import shutil
         shutil.rmtree(run_dir)
-    if read_results(run_dir).get("status") == "done" and read_results(run_dir)["config"] == to_dict(cfg):
+    done = read_results(run_dir)
+    if done.get("status") == "done" and done.get("config") == to_dict(cfg):
         print(f"{run_dir} is already pretrained: skipping (force=True to redo)")
-        return read_results(run_dir)
+        return done
     return pretrain(cfg, run_dir, data_root=paths.data_root, resume=True, device=paths.device)
 
 

@@ -198,7 +198,7 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            row = {"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, "mask_ratio": ratio,
+            row = {"step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr, "mask_ratio": ratio,
                    **{k: v.item() for k, v in parts.items()}}
             slog.write(json.dumps(row) + "\n")
             epoch_loss, epoch_count = epoch_loss + loss_value, epoch_count + 1
@@ -207,7 +207,8 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
             if step % steps_per_epoch == 0:
                 elog.write(json.dumps({"step": step, "epoch": epoch + 1, "loss": epoch_loss / epoch_count,
                                        "seconds": time_before + time.perf_counter() - t0}) + "\n")
-                slog.flush(), elog.flush()
+                slog.flush()
+                elog.flush()
                 epoch_loss, epoch_count = 0.0, 0
                 if (epoch + 1) % t.save_every == 0 or step == end_step:
                     save(step, time_before + time.perf_counter() - t0)

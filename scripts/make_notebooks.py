@@ -81,9 +81,7 @@ def pretrain_notebook(variant, title, why):
         md("## Pretrain\nAdamW (0.9, 0.95), weight decay 0.05 except biases and norms, lr = 1.5e-4 x batch / 256, "
            "warmup then cosine. A checkpoint is written every epoch; if this cell is stopped (or Colab "
            "disconnects) running it again resumes exactly where it stopped. A finished run is skipped."),
-        code("result = nb.pretrain_variant(variant, preset, dataset, paths, seed, force,\n"
-             "                             img_size=img_size, epochs=epochs, batch_size=batch_size,\n"
-             "                             max_images=max_images)\n"
+        code("result = nb.pretrain_variant(cfg, paths, force)\n"
              "print({k: result.get(k) for k in ('variant', 'pretrain_time_s', 'pretrain_final_loss', 'device')})"),
         md("## Training curves\nLoss, mask ratio and learning rate per step, from the run's log."),
         code("from maehelpers.viz import draw_curves\ndraw_curves([paths.runs_root / variant]);"),
@@ -139,7 +137,9 @@ NOTEBOOKS = {
         "The same model and budget with three additions: a curriculum on the mask ratio (0.5 -> 0.75 over "
         "the first half), a masked Laplacian high-frequency loss (weight 0.05), and a uniformity "
         "regulariser on the encoder's features (weight 0.01). Whether they help is measured in 03-05 "
-        "and in `benchmarks/ablation.py`: the literature gives reasons to doubt each (RECIPE.md, section 4)."),
+        "and in `benchmarks/ablation.py`. The literature gives reasons to doubt two of them: no study reports a "
+        "gain from raising the mask ratio during training (decreasing schedules helped masked language models), "
+        "and PixMIM gained by REMOVING high frequencies from the target; U-MAE did report gains from uniformity."),
     "03_linear_probe.ipynb": head(
         "03 · Linear probe and k-NN",
         "How linearly separable are the frozen encoders' features? For every pretrained run (and a "
