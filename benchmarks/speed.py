@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from maehelpers.data import augment, prepare  # noqa: E402
+from maehelpers.data import augment  # noqa: E402
 from maehelpers.evaluate import extract_features, linear_probe  # noqa: E402
 from maehelpers.model import MAE  # noqa: E402
 from maehelpers.pretrain import device_name  # noqa: E402

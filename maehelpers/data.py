@@ -12,7 +12,6 @@ column-major; labels 1..10) with numpy memory maps, so loading costs nothing and
 check runs; the archive's checksum is checked once, after download, by torchvision's downloader.
 """
 import gzip
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
