@@ -57,11 +57,11 @@ def cached_features(run_dir, data: ImageSet, split: str, pool: str, batch_size: 
     """Features of `data` from run_dir/encoder_pretrained.pt, cached in run_dir/features/."""
     run_dir = Path(run_dir)
     enc_path = run_dir / "encoder_pretrained.pt"
-    model, cfg = load_encoder(enc_path)
-    name = f"{data.name}_{split}_{len(data)}_{pool}_{cfg.model.img_size}_{file_key(enc_path)}.pt"
-    cache = run_dir / "features" / name
+    # the file's hash fixes the weights and their config (image size included)
+    cache = run_dir / "features" / f"{data.name}_{split}_{len(data)}_{pool}_{file_key(enc_path)}.pt"
     if cache.exists():
         return load_torch(cache)["features"]
+    model, cfg = load_encoder(enc_path)
     feats = extract_features(model, data.images, cfg.model.img_size, pool, batch_size, device, progress,
                              desc=f"{run_dir.name} {split} features")
     save_torch({"features": feats}, cache)

@@ -250,17 +250,22 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {cpu_name()}, {torch.get_num_threads()} threads"
 
 
-def load_encoder(path, img_size: int | None = None):
-    """Load `encoder_pretrained.pt` (or a full checkpoint) into an MAE whose encoder holds those
-    weights; position embeddings are interpolated when img_size differs from the checkpoint's."""
+def load_run_checkpoint(path):
+    """A maehelpers checkpoint (full or encoder-only) and its config; CheckpointError otherwise."""
     from .config import from_dict
-    from .model import adapt_pos_embeds
     obj = load_torch(path)
     if "model" not in obj or "config" not in obj:
         raise CheckpointError(f"{path} has no 'model' and 'config' entries: not a maehelpers checkpoint")
-    cfg = from_dict(obj["config"])
+    return obj, from_dict(obj["config"])
+
+
+def load_encoder(path, img_size: int | None = None):
+    """Load `encoder_pretrained.pt` (or a full checkpoint) into an MAE whose encoder holds those
+    weights; position embeddings are interpolated when img_size differs from the checkpoint's."""
+    from dataclasses import replace
+    from .model import adapt_pos_embeds
+    obj, cfg = load_run_checkpoint(path)
     if img_size and img_size != cfg.model.img_size:
-        from dataclasses import replace
         cfg = replace(cfg, model=replace(cfg.model, img_size=img_size))
     model = build_model(cfg)
     state = adapt_pos_embeds(obj["model"], model)
@@ -273,12 +278,7 @@ def load_encoder(path, img_size: int | None = None):
 
 def load_mae(run_dir):
     """The full MAE (decoder included) of a run folder, from its checkpoint_last.pt."""
-    from .config import from_dict
-    path = Path(run_dir) / "checkpoint_last.pt"
-    ckpt = load_torch(path)
-    if "model" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path} has no 'model' and 'config' entries: not a maehelpers checkpoint")
-    cfg = from_dict(ckpt["config"])
+    ckpt, cfg = load_run_checkpoint(Path(run_dir) / "checkpoint_last.pt")
     model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
