@@ -1,25 +1,35 @@
-"""Ablation of the three improvements on real images, several seeds, paired by seed.
+"""The ablation study: which of the improved variant's additions helps, at which strength, by how much.
 
-    python benchmarks/ablation.py                       # Fashion-MNIST (Debian package), 3 seeds
-    python benchmarks/ablation.py --dataset stl10 --preset fast --seeds 0 1 2
+    python benchmarks/ablation.py run --stage dose            # every arm, seed 0 (about 1.5 h on 2 cores)
+    python benchmarks/ablation.py run --stage confirm         # 3 seeds for arms within 1 point of the best
+    python benchmarks/ablation.py run --stage power           # seeds 0-9 for original and the best two arms
+    python benchmarks/ablation.py run --arms original uniformity --seeds 0 1 2 --steps 2000
+    python benchmarks/ablation.py report                      # tables and plot from the records
 
-Every variant gets the same data, model, step budget (runs are matched by STEPS, not compute: the
-curriculum sees more visible patches early and costs more time, which the table reports), probe,
-and evaluation masks. Reported per variant: linear-probe and k-NN top-1 (mean and sd over seeds),
-the paired difference to `original` with a 95 % t interval, masked-region PSNR, pretraining time.
-Baselines under the same probe: a randomly initialised encoder (per seed) and raw pixels.
-Fine-tuning is left out here for time (see notebooks 04). Runs are resumable: finished ones are
-reused, so an interrupted ablation continues where it stopped.
+Every run appends one JSON line to benchmarks/results/ablation_runs.jsonl (arm, variant, overrides,
+seed, steps, probe and k-NN top-1 on cls and mean-pooled features, fine-tuning top-1 or null,
+reconstruction metrics, pretraining time, load, git commit). `report` regenerates
+ablation_<dataset>.{json,md,png} from those lines alone, so the study grows over sessions and anyone
+can rerun any line: a run whose (arm, seed, steps) already has a record is skipped, `--budget-minutes`
+stops before a run that would not fit, and results on CPU are deterministic for a given thread count.
 
-Results: benchmarks/results/ablation_<dataset>.{json,md,png}.
+Protocol: every arm gets the same data, model, steps, probe and evaluation masks (matched by STEPS,
+not compute; the time column says what each costs). Headline: k-NN and linear probe on the MEAN of
+the patch tokens, chosen before the runs because (1) the official fine-tuning reads the same pooled
+feature, (2) the uniformity term acts on it, and (3) pretraining gives the cls token no target of its
+own; the cls-token numbers are kept beside it. Differences to `original` are paired by seed, with a
+95 % t interval. Baselines are records too: `random` (the same encoder untrained) and `raw_pixels`.
 """
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -31,138 +41,352 @@ from maehelpers.config import make_config, to_dict  # noqa: E402
 from maehelpers.data import FASHION_SYSTEM_DIR, prepare  # noqa: E402
 from maehelpers.evaluate import (evaluate_run, knn_top1, linear_probe, load_eval_data, make_scratch_run,  # noqa: E402
                                  recon_run)
-from maehelpers.pretrain import device_name, pretrain  # noqa: E402
-from maehelpers.runs import read_results, save_json  # noqa: E402
-from maehelpers.viz import plot_results  # noqa: E402
+from maehelpers.pretrain import cpu_name, pretrain  # noqa: E402
+from maehelpers.runs import git_commit, read_jsonl, read_results, save_json  # noqa: E402
 
-VARIANTS = ["original", "curriculum", "laplacian", "uniformity", "uniformity_umae", "improved"]
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def mean_sd(xs):
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+RESULTS = ROOT / "benchmarks" / "results"
+HEADLINE = "knn_top1_mean"
+METRICS = ("lp_top1_mean", "knn_top1_mean", "lp_top1_cls", "knn_top1_cls", "ft_top1", "nmse_masked",
+           "psnr_masked", "psnr_masked_floor", "hf_error_masked", "pretrain_time_s")
 
 
-def paired_diff(a, b):
-    """Mean of b - a over seeds and its 95 % t interval half-width (None with one seed)."""
-    d = [y - x for x, y in zip(a, b)]
-    m, sd = mean_sd(d)
-    half = T_975.get(len(d) - 1, 1.96) * sd / math.sqrt(len(d)) if len(d) > 1 else None
-    return m, half
+def _uniformity_arms():
+    """Both forms x both features x 0.1, 1, 10, 100 times today's weight (0.01). The U-MAE form at
+    1.0 is U-MAE's pretraining-script strength (lambda 0.01 on (cos / tau)^2 with tau 0.1)."""
+    arms = {}
+    for form, short in (("wang_isola", "wi"), ("umae", "umae")):
+        for feat in ("mean", "cls"):
+            for times, w in (("0.1x", 0.001), ("1x", 0.01), ("10x", 0.1), ("100x", 1.0)):
+                arms[f"unif_{short}_{feat}_{times}"] = ("original", {
+                    "variant.uniformity_weight": w, "variant.uniformity_form": form,
+                    "variant.uniformity_features": feat})
+    return arms
 
 
-def raw_pixel_baseline(cfg, train, test, seed):
-    size = cfg.model.img_size
-    tr = prepare(train.images, size).flatten(1)
-    te = prepare(test.images, size).flatten(1)
-    e = cfg.eval
-    return {"lp_top1": linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, seed,
-                                    progress=False)["top1"],
-            "knn_top1": knn_top1(tr, train.labels, te, test.labels, e.knn_k, e.knn_t)}
+# arm -> (variant in VARIANTS, dotted overrides): data, not code branches
+ARMS = {
+    "original": ("original", {}),
+    "improved": ("improved", {}),
+    "curriculum": ("curriculum", {}),
+    "decreasing": ("decreasing", {}),
+    "random_ratio": ("random_ratio", {}),
+    "lowpass": ("lowpass", {}),
+    "lap_interior_1x": ("laplacian", {}),
+    "lap_interior_10x": ("laplacian", {"variant.laplacian_weight": 0.5}),
+    "lap_replicate_1x": ("laplacian", {"variant.laplacian_form": "replicate"}),
+    "lap_replicate_10x": ("laplacian", {"variant.laplacian_form": "replicate", "variant.laplacian_weight": 0.5}),
+    **_uniformity_arms(),
+}
+BASELINES = ("random", "raw_pixels")
 
 
-def run_all(args) -> dict:
-    runs_root = Path(args.runs_root) / args.dataset
-    per_run = {}
-    data = None
-    for seed in args.seeds:
-        for variant in args.variants:
-            cfg = make_config(variant, args.preset, args.dataset, seed)
-            run = runs_root / f"{variant}_s{seed}"
+# ----------------------------------------------------------------------------- one run -> one record
+class LoadMonitor:
+    """Samples the 1-minute load average while a run trains, so timings taken under load are marked."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.samples, self._stop = [], threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(every_s,), daemon=True)
+
+    def _loop(self, every_s):
+        while not self._stop.wait(every_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+
+def steps_per_epoch(args) -> int:
+    """Of the preset, whose train.max_images fixes the pretraining set (the ablation preset: 125)."""
+    t = make_config("original", args.preset, args.dataset).train
+    return t.max_images // t.batch_size
+
+
+def arm_config(arm: str, args, seed: int, steps: int):
+    variant, overrides = ARMS[arm]
+    epochs = steps // steps_per_epoch(args)
+    return make_config(variant, args.preset, args.dataset, seed, {
+        **overrides, "train.epochs": epochs, "train.warmup_epochs": 0.05 * epochs, "eval.pool": "mean"})
+
+
+def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
+    """Pretrain (resuming if interrupted), evaluate and describe one (arm, seed, steps)."""
+    run = Path(args.runs_root) / args.dataset / f"{arm}_s{seed}_{steps}"
+    if arm == "random":
+        cfg = arm_config("original", args, seed, steps)
+        make_scratch_run(cfg, run, seed)
+        overrides, load = {}, [os.getloadavg()[0]]
+    else:
+        cfg = arm_config(arm, args, seed, steps)
+        overrides = ARMS[arm][1]
+        with LoadMonitor() as monitor:
             if read_results(run).get("status") != "done":
-                t0 = time.time()
                 pretrain(cfg, run, data_root=args.data_root, progress=not args.quiet)
-                print(f"{run.name}: pretrained in {time.time() - t0:.0f} s", flush=True)
-            data = data or load_eval_data(cfg, args.data_root)
-            evaluate_run(run, args.data_root, ("lp", "knn"), data=data, progress=False)
-            if "psnr_masked" not in read_results(run):
-                recon_run(run, data[1])
-            per_run[(variant, seed)] = read_results(run)
-        cfg = make_config("original", args.preset, args.dataset, seed)
-        scratch = make_scratch_run(cfg, runs_root / f"random_s{seed}", seed)
-        evaluate_run(scratch, args.data_root, ("lp", "knn"), data=data, progress=False)
-        per_run[("random encoder", seed)] = read_results(scratch)
-        print(f"seed {seed} done", flush=True)
-    raw = raw_pixel_baseline(make_config("original", args.preset, args.dataset), *data, seed=0)
-    return summarise(args, per_run, raw, data)
+        load = monitor.samples
+        recon_run(run, data[1])
+    t0 = time.time()
+    res = evaluate_run(run, args.data_root, ("lp", "knn") + (("ft",) if args.ft else ()), data=data,
+                       progress=False, overrides={"eval.pool": "mean"})
+    return {"arm": arm, "variant": cfg.variant.name, "overrides": overrides, "seed": seed, "steps": steps,
+            **{m: res.get(m) for m in METRICS}, "ft_recipe": (res.get("ft") or {}).get("recipe"),
+            "eval_time_s": round(time.time() - t0, 1), **_provenance(load)}
 
 
-def summarise(args, per_run, raw, data) -> dict:
-    names = list(args.variants) + ["random encoder"]
-    rows, errors = [], {}
-    orig = {m: [per_run[("original", s)][m] for s in args.seeds] for m in ("lp_top1", "knn_top1")}
-    for name in names:
-        row = {"run": name, "seeds": len(args.seeds)}
-        for metric in ("lp_top1", "knn_top1", "psnr_masked", "pretrain_time_s"):
-            vals = [per_run[(name, s)].get(metric) for s in args.seeds]
-            if None in vals:
+def raw_pixel_record(args, steps: int, data) -> dict:
+    """Linear probe and k-NN on the normalised pixels themselves (the same value under both pools)."""
+    cfg = arm_config("original", args, 0, steps)
+    train, test = data
+    tr, te = prepare(train.images, cfg.model.img_size).flatten(1), prepare(test.images, cfg.model.img_size).flatten(1)
+    e = cfg.eval
+    lp = linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, 0, progress=False)["top1"]
+    knn = knn_top1(tr, train.labels, te, test.labels, e.knn_k, e.knn_t)
+    return {"arm": "raw_pixels", "variant": None, "overrides": {}, "seed": 0, "steps": steps,
+            **{m: None for m in METRICS}, "lp_top1_mean": lp, "lp_top1_cls": lp, "knn_top1_mean": knn,
+            "knn_top1_cls": knn, **_provenance([os.getloadavg()[0]])}
+
+
+def _provenance(load) -> dict:
+    threads = torch.get_num_threads()
+    return {"threads": threads, "load_max": round(max(load), 2), "under_load": max(load) > threads + 0.75,
+            "machine": cpu_name(), "torch": torch.__version__, "git_commit": git_commit(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
+
+
+# ----------------------------------------------------------------------------- records
+def read_records(path=None, dataset: str | None = None) -> dict:
+    """{(arm, seed, steps): record}, later lines filling in or replacing earlier values."""
+    merged = {}
+    for r in read_jsonl(path or RESULTS / "ablation_runs.jsonl"):
+        if dataset and r.get("dataset", "fashion_mnist") != dataset:
+            continue
+        key = (r["arm"], r["seed"], r["steps"])
+        merged[key] = {**merged.get(key, {}), **{k: v for k, v in r.items() if v is not None}}
+    return merged
+
+
+def append_record(record: dict, path) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------- stages
+def plan(args, records) -> list[tuple]:
+    """The (arm, seed, steps) runs that a stage asks for, finished ones left out."""
+    steps = args.steps
+    if args.arms:
+        todo = [(a, s, steps) for s in args.seeds for a in args.arms]
+    elif args.stage == "dose":
+        todo = [(a, 0, steps) for a in ["original", "random", "raw_pixels", *[a for a in ARMS if a != "original"]]]
+    else:
+        best = ranked_arms(records, steps)
+        if args.stage == "confirm":
+            top = best[0][1] if best else 0
+            arms = ["original", "random"] + [a for a, v in best if v >= top - 1.0]
+            todo = [(a, s, steps) for s in (0, 1, 2) for a in arms]
+        elif args.stage == "power":
+            todo = [(a, s, steps) for s in range(10) for a in ["original"] + [a for a, _ in best[:2]]]
+        else:
+            raise ValueError(f"unknown stage {args.stage!r}")
+    want_ft = args.ft
+    return [k for k in dict.fromkeys(todo)
+            if k not in records or (want_ft and k[0] != "raw_pixels" and records[k].get("ft_top1") is None)]
+
+
+def ranked_arms(records, steps) -> list[tuple]:
+    """Arms other than original and the baselines, by mean headline metric at `steps`, best first."""
+    by_arm = {}
+    for (arm, _, st), r in records.items():
+        if st == steps and arm in ARMS and arm != "original" and r.get(HEADLINE) is not None:
+            by_arm.setdefault(arm, []).append(r[HEADLINE])
+    return sorted(((a, statistics.fmean(v)) for a, v in by_arm.items()), key=lambda x: -x[1])
+
+
+def run_stage(args) -> None:
+    out = Path(args.records)
+    records = read_records(out, args.dataset)
+    todo = plan(args, records)
+    print(f"{len(todo)} runs to do: {', '.join(f'{a}/s{s}/{st}' for a, s, st in todo)}", flush=True)
+    start, took = time.time(), []
+    data = None
+    for arm, seed, steps in todo:
+        est = statistics.median(took) if took else 0.0
+        if args.budget_minutes and time.time() - start + est > 60 * args.budget_minutes:
+            print(f"stopping: the next run (~{est / 60:.0f} min) would pass --budget-minutes {args.budget_minutes}")
+            break
+        t0 = time.time()
+        data = data or load_eval_data(arm_config("original", args, 0, steps), args.data_root)
+        record = raw_pixel_record(args, steps, data) if arm == "raw_pixels" else run_arm(arm, seed, steps, args, data)
+        append_record({"dataset": args.dataset, "preset": args.preset, **record}, out)
+        took.append(time.time() - t0)
+        print(f"{arm} s{seed} {steps} steps: k-NN mean {record['knn_top1_mean']:.2f}, LP mean "
+              f"{record['lp_top1_mean']:.2f} ({took[-1]:.0f} s{', under load' if record['under_load'] else ''})",
+              flush=True)
+
+
+# ----------------------------------------------------------------------------- statistics
+# two-sided 95 % and one-sided 80 % quantiles of Student's t by degrees of freedom (normal beyond 30)
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+T_80 = [1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870, 0.868,
+        0.866, 0.865, 0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855,
+        0.854, 0.854]
+
+
+def t_quantile(table, df: int, normal: float) -> float:
+    return table[df - 1] if 1 <= df <= len(table) else normal
+
+
+def paired(base: dict, arm: dict) -> dict | None:
+    """Paired difference arm - base over the seeds both have: mean, 95 % t half-width, n, and the
+    minimum detectable effect (two-sided 5 %, power 80 %) at that n. None without a shared seed."""
+    seeds = sorted(set(base) & set(arm))
+    if not seeds:
+        return None
+    d = [arm[s] - base[s] for s in seeds]
+    n, mean = len(d), statistics.fmean(d)
+    if n < 2:
+        return {"diff": mean, "ci95": None, "n": n, "mde": None}
+    se = statistics.stdev(d) / math.sqrt(n)
+    return {"diff": mean, "ci95": t_quantile(T_975, n - 1, 1.960) * se, "n": n,
+            "mde": (t_quantile(T_975, n - 1, 1.960) + t_quantile(T_80, n - 1, 0.842)) * se}
+
+
+def summarise(records: dict) -> list[dict]:
+    """One row per (arm, steps): mean and sd over seeds of every metric, and paired differences
+    to `original` at the same steps."""
+    groups = {}
+    for (arm, seed, steps), r in records.items():
+        groups.setdefault((arm, steps), {})[seed] = r
+    rows = []
+    order = {a: i for i, a in enumerate(dict.fromkeys(["original", *BASELINES, *ARMS]))}
+    for (arm, steps), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
+        row = {"arm": arm, "steps": steps, "seeds": sorted(by_seed), "variant": next(iter(by_seed.values())).get("variant"),
+               "overrides": next(iter(by_seed.values())).get("overrides", {})}
+        base = groups.get(("original", steps), {})
+        for m in METRICS:
+            vals = {s: r[m] for s, r in by_seed.items() if r.get(m) is not None}
+            if not vals:
                 continue
-            row[metric], row[f"{metric}_sd"] = mean_sd(vals)
-            if metric in orig and name != "original" and "original" in args.variants:
-                row[f"{metric}_diff"], row[f"{metric}_ci95"] = paired_diff(orig[metric], vals)
-            errors[(name, metric)] = row[f"{metric}_sd"]
+            row[m] = statistics.fmean(vals.values())
+            row[f"{m}_sd"] = statistics.stdev(vals.values()) if len(vals) > 1 else None
+            if arm != "original" and arm != "raw_pixels":
+                row[f"{m}_vs_original"] = paired({s: r[m] for s, r in base.items() if r.get(m) is not None}, vals)
+        row["under_load"] = any(r.get("under_load") for r in by_seed.values())
         rows.append(row)
-    rows.append({"run": "raw pixels", "seeds": 1, **raw})
-    cfg = make_config(args.variants[0], args.preset, args.dataset)
-    margin = {}
-    if "original" in args.variants and len(args.seeds) > 1:
-        o, r = rows[names.index("original")], rows[names.index("random encoder")]
-        for m in ("lp_top1", "knn_top1"):
-            sd = max(o[f"{m}_sd"], r[f"{m}_sd"], 1e-9)
-            margin[m] = {"gap": o[m] - r[m], "gap_in_sd": (o[m] - r[m]) / sd, "clear": o[m] - r[m] > 3 * sd}
-    return {"dataset": args.dataset, "preset": args.preset, "seeds": list(args.seeds), "rows": rows,
-            "original_vs_random": margin, "n_train_probe": len(data[0]), "n_test": len(data[1]),
-            "config": to_dict(cfg), "matched_by": "steps",
-            "machine": device_name(torch.device("cpu")),
-            "torch": torch.__version__, "command": " ".join(sys.argv)}, errors
+    return rows
 
 
-def write(summary, errors, out_dir: Path):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"ablation_{summary['dataset']}"
-    save_json(summary, stem.with_suffix(".json"))
+# ----------------------------------------------------------------------------- report
+def fmt_value(row, m, digits=2) -> str:
+    if row.get(m) is None:
+        return ""
+    sd = row.get(f"{m}_sd")
+    return f"{row[m]:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
-    def pm(row, m, digits=2):
-        if m not in row:
-            return "-"
-        sd = row.get(f"{m}_sd")
-        return f"{row[m]:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None and row["seeds"] > 1 else "")
 
-    def diff(row, m):
-        if f"{m}_diff" not in row:
-            return "-"
-        ci = row[f"{m}_ci95"]
-        return f"{row[f'{m}_diff']:+.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
+def fmt_diff(row, m) -> str:
+    p = row.get(f"{m}_vs_original")
+    if not p:
+        return ""
+    return f"{p['diff']:+.2f}" + (f" ± {p['ci95']:.2f}" if p["ci95"] is not None else " (1 seed)")
 
-    lines = ["| variant | LP top-1 | Δ LP vs original (95% CI) | k-NN top-1 | Δ k-NN vs original (95% CI) "
-             "| masked PSNR (dB) | pretrain time (s) |", "|---|---|---|---|---|---|---|"]
-    for row in summary["rows"]:
-        lines.append(f"| {row['run']} | {pm(row, 'lp_top1')} | {diff(row, 'lp_top1')} | {pm(row, 'knn_top1')} | "
-                     f"{diff(row, 'knn_top1')} | {pm(row, 'psnr_masked')} | {pm(row, 'pretrain_time_s', 0)} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot_results(summary["rows"], stem.with_suffix(".png"), metrics=("lp_top1", "knn_top1"), errors=errors)
+
+def markdown(rows) -> str:
+    head = ("| arm | steps | seeds | k-NN mean | Δ vs original | LP mean | Δ vs original | k-NN cls | Δ | LP cls | Δ "
+            "| FT | nMSE masked | PSNR (floor) | pretrain s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        psnr = f"{r['psnr_masked']:.2f} ({r['psnr_masked_floor']:.2f})" if r.get("psnr_masked") is not None else ""
+        time_s = fmt_value(r, "pretrain_time_s", 0) + (" *" if r["under_load"] and r.get("pretrain_time_s") else "")
+        lines.append(f"| {r['arm']} | {r['steps']} | {len(r['seeds'])} | {fmt_value(r, 'knn_top1_mean')} | "
+                     f"{fmt_diff(r, 'knn_top1_mean')} | {fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'lp_top1_mean')} | "
+                     f"{fmt_value(r, 'knn_top1_cls')} | {fmt_diff(r, 'knn_top1_cls')} | {fmt_value(r, 'lp_top1_cls')} | "
+                     f"{fmt_diff(r, 'lp_top1_cls')} | {fmt_value(r, 'ft_top1')} | {fmt_value(r, 'nmse_masked', 3)} | "
+                     f"{psnr} | {time_s} |")
+    return "\n".join(lines) + ("\n\nΔ: paired by seed, mean ± 95 % t half-width; '(1 seed)' has no interval. "
+                               "* timing taken while the machine was under load.\n")
+
+
+def plot(rows, path, steps: int) -> None:
+    """Paired differences to `original` (k-NN and linear probe; mean pool filled, cls hollow),
+    with 95 % intervals and a zero line: what each arm changes, not absolute accuracies."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    arms = [r for r in rows if r["steps"] == steps and r["arm"] not in ("original", "raw_pixels")
+            and r.get("knn_top1_mean_vs_original")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.32 * len(arms) + 1.6), dpi=100, sharey=True)
+    for ax, metric in zip(axes, ("knn_top1", "lp_top1")):
+        for y, r in enumerate(arms):
+            for pool, style in (("mean", dict(color="C0")), ("cls", dict(color="C1", mfc="none"))):
+                p = r.get(f"{metric}_{pool}_vs_original")
+                if p:
+                    off = -0.15 if pool == "mean" else 0.15
+                    ax.errorbar(p["diff"], y + off, xerr=p["ci95"] or 0, fmt="o", ms=4, capsize=2,
+                                label=f"{pool} pool" if y == 0 else None, **style)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"{'k-NN' if metric == 'knn_top1' else 'linear probe'}: top-1 minus original (points)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(arms)), [f"{r['arm']} (n={len(r['seeds'])})" for r in arms], fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{steps} steps; whiskers: paired 95 % t interval over seeds (none with one seed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def report(args) -> Path:
+    records = read_records(Path(args.records), args.dataset)
+    rows = summarise(records)
+    stem = Path(args.out) / f"ablation_{args.dataset}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    steps = sorted({r["steps"] for r in rows if r["steps"]})
+    config = arm_config("original", args, 0, steps[0] if steps else 500)
+    save_json({"dataset": args.dataset, "preset": args.preset, "headline": HEADLINE, "rows": rows,
+               "records": len(records), "config_of_original": to_dict(config),
+               "command": "python benchmarks/ablation.py report"}, stem.with_suffix(".json"))
+    stem.with_suffix(".md").write_text(markdown(rows))
+    for st in steps:
+        plot(rows, stem.parent / f"{stem.name}_{st}.png", st)
+    print(stem.with_suffix(".md").read_text())
     return stem
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("run", "report"))
+    p.add_argument("--stage", default="dose", help="dose | confirm | power (ignored with --arms)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS) + list(BASELINES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=500, help="pretraining steps (a multiple of an epoch: 125 in ablation)")
+    p.add_argument("--ft", action="store_true", help="also fine-tune (scratch recipe for the random arm)")
+    p.add_argument("--budget-minutes", type=float, default=0, help="stop before a run that would not fit")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--preset", default="ablation")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=VARIANTS)
     p.add_argument("--data-root", default=str(ROOT / "data"))
     p.add_argument("--runs-root", default=str(ROOT / "runs" / "ablation"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--records", default=str(RESULTS / "ablation_runs.jsonl"))
+    p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    if args.dataset == "fashion_mnist" and not FASHION_SYSTEM_DIR.exists():
-        subprocess.run(["bash", str(ROOT / "scripts" / "install_fashion_mnist.sh")], check=True)
-    t0 = time.time()
-    summary, errors = run_all(args)
-    summary["total_time_s"] = round(time.time() - t0, 1)
-    stem = write(summary, errors, Path(args.out))
-    print(stem.with_suffix(".md").read_text())
-    print(json.dumps(summary["original_vs_random"], indent=1))
+    if args.steps % steps_per_epoch(args):
+        p.error(f"--steps must be a multiple of {steps_per_epoch(args)} (one epoch of the preset)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.command == "run":
+        if args.dataset == "fashion_mnist" and not FASHION_SYSTEM_DIR.exists():
+            subprocess.run(["bash", str(ROOT / "scripts" / "install_fashion_mnist.sh")], check=True)
+        run_stage(args)
+    report(args)
     return 0
 
 

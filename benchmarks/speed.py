@@ -160,7 +160,7 @@ def bench_probe(n_images, img_size, epochs, measured_reencode_epochs=2):
     images = torch.randint(0, 256, (n_images, 3, 96, 96), dtype=torch.uint8)
     labels = torch.arange(n_images) % 10
     t0 = time.perf_counter()
-    feats = extract_features(model, images, img_size, progress=False)
+    feats = extract_features(model, images, img_size, progress=False)["cls"]
     encode_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     linear_probe(feats, labels, feats, labels, epochs=epochs, progress=False)

@@ -27,11 +27,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class VariantConfig:
     name: str = "original"
-    mask_schedule: str = "constant"      # constant | linear | cosine (see masking.py)
+    mask_schedule: str = "constant"      # constant | linear | cosine | random (see masking.py)
     mask_ratio: float = 0.75             # the ratio at the end of the schedule
-    mask_ratio_start: float = 0.75       # the ratio at step 0
+    mask_ratio_start: float = 0.75       # the ratio at step 0 ('random': the other end of the range)
     mask_schedule_frac: float = 0.5      # fraction of training over which start -> end
     laplacian_weight: float = 0.0        # masked Laplacian high-frequency loss; 0 = off
+    laplacian_form: str = "interior"     # interior: (p-2)^2 pixels per patch | replicate: all p^2
+    target_blur: float = 0.0             # Gaussian sigma (px) of a low-pass reconstruction target; 0 = off
     uniformity_weight: float = 0.0       # uniformity regulariser on encoder features; 0 = off
     uniformity_form: str = "wang_isola"  # wang_isola (log-mean-exp, t) | umae (mean squared cosine)
     uniformity_features: str = "mean"    # mean of visible patch tokens | cls token (after final norm)
@@ -50,6 +52,7 @@ class TrainConfig:
     crop_scale: tuple = (0.2, 1.0)       # RandomResizedCrop scale range
     max_images: int = 0                  # 0 = the whole split; else the first max_images
     save_every: int = 1                  # checkpoint every N epochs (and at the end, on interrupt)
+    amp: bool = True                     # mixed precision on CUDA (bf16 on cc >= 8.0, else fp16); never on CPU
 
     @property
     def lr(self) -> float:
@@ -58,7 +61,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    pool: str = "cls"                    # features for probe and k-NN: cls | mean
+    pool: str = "cls"                    # headline feature for probe and k-NN (both are always reported)
     batch_size: int = 128
     max_train: int = 0                   # 0 = whole labelled split
     max_test: int = 0
@@ -68,7 +71,8 @@ class EvalConfig:
     knn_t: float = 0.07
     ft_epochs: int = 10
     ft_blr: float = 1e-3                 # lr = ft_blr * batch_size / 256
-    ft_layer_decay: float = 0.75
+    ft_layer_decay: float = 0.75         # for pretrained encoders (official)
+    ft_scratch_layer_decay: float = 1.0  # the scratch baseline: none, as the paper's from-scratch ViT
     ft_drop_path: float = 0.1
     ft_label_smoothing: float = 0.1
     ft_weight_decay: float = 0.05
@@ -104,6 +108,10 @@ VARIANTS = {
                                      uniformity_features="cls"),
     "decreasing": VariantConfig("decreasing", mask_schedule="linear", mask_ratio_start=0.9,
                                 mask_ratio=0.75, mask_schedule_frac=0.5),
+    # a ratio drawn uniformly per step (R2MAE); the range is centred on the paper's 0.75
+    "random_ratio": VariantConfig("random_ratio", mask_schedule="random", mask_ratio_start=0.6, mask_ratio=0.9),
+    # a low-pass target: high frequencies removed before the loss (PixMIM's finding)
+    "lowpass": VariantConfig("lowpass", target_blur=1.0),
 }
 
 _SMOKE_MODEL = ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
@@ -145,7 +153,11 @@ def make_config(variant: str = "original", preset: str = "paper", dataset: str =
     _choose("dataset", dataset, DATASETS)
     cfg = PretrainConfig(variant=VARIANTS[variant], dataset=dataset, preset=preset, seed=seed,
                          **PRESETS[preset])
-    cfg = apply_overrides(cfg, overrides or {})
+    overrides = dict(overrides or {})
+    changed = [k for k in overrides if k.startswith("variant.") and k != "variant.name"]
+    if changed and "variant.name" not in overrides:  # a changed variant must not carry the old name
+        overrides["variant.name"] = variant + "".join(f"+{k[8:]}={overrides[k]}" for k in sorted(changed))
+    cfg = apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
@@ -195,6 +207,8 @@ def validate(cfg: PretrainConfig) -> None:
         (0 <= v.mask_ratio < 1 and 0 <= v.mask_ratio_start < 1,
          f"mask ratios must lie in [0, 1): got start {v.mask_ratio_start}, end {v.mask_ratio}"),
         (0 <= v.mask_schedule_frac <= 1, "variant.mask_schedule_frac must lie in [0, 1]"),
+        (v.laplacian_form in ("interior", "replicate"), "variant.laplacian_form must be interior or replicate"),
+        (v.target_blur >= 0, f"variant.target_blur must be >= 0 (0 = off), got {v.target_blur}"),
         (v.mask_schedule in SCHEDULES,
          f"unknown mask schedule {v.mask_schedule!r}; valid: {', '.join(SCHEDULES)}"),
         (v.laplacian_weight >= 0 and v.uniformity_weight >= 0,
@@ -207,6 +221,10 @@ def validate(cfg: PretrainConfig) -> None:
          f"batch sizes must be positive, got {t.batch_size} and {e.batch_size}"),
         (t.blr > 0 and t.weight_decay >= 0 and t.warmup_epochs >= 0 and t.save_every > 0,
          "train.blr must be > 0, weight_decay and warmup_epochs >= 0, save_every > 0"),
+        (t.warmup_epochs < t.epochs,
+         f"train.warmup_epochs ({t.warmup_epochs}) must be shorter than train.epochs ({t.epochs})"),
+        (v.uniformity_weight == 0 or t.batch_size >= 2,
+         "the uniformity term compares samples within a batch: train.batch_size must be >= 2"),
         (t.max_images >= 0, "train.max_images must be >= 0 (0 = all)"),
         (e.pool in ("cls", "mean"), "eval.pool must be cls or mean"),
         (e.lp_epochs > 0 and e.ft_epochs > 0 and e.knn_k > 0,
@@ -218,9 +236,12 @@ def validate(cfg: PretrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    min_keep = int((m.img_size // m.patch_size) ** 2 * (1 - max(v.mask_ratio, v.mask_ratio_start)))
-    if min_keep < 1:
+    L = (m.img_size // m.patch_size) ** 2
+    if int(L * (1 - max(v.mask_ratio, v.mask_ratio_start))) < 1:
         raise ValueError("the mask ratio leaves no visible patch at this image and patch size")
+    if int(L * (1 - min(v.mask_ratio, v.mask_ratio_start))) >= L:
+        raise ValueError(f"a mask ratio of {min(v.mask_ratio, v.mask_ratio_start)} masks no patch out of {L}: "
+                         "there would be nothing to reconstruct; raise it")
 
 
 def to_dict(cfg) -> dict:
@@ -248,7 +269,8 @@ def from_dict(d: dict) -> PretrainConfig:
 
 
 # what may differ between a checkpoint and the resuming config without changing the trajectory
-RESUME_FREE = ("train.save_every", "eval.")
+# (precision, the other thing train.amp decides, is checked on its own when resuming)
+RESUME_FREE = ("train.save_every", "train.amp", "eval.")
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -16,6 +16,7 @@ Protocol (RECIPE.md sections 1 and 5), stated once:
 """
 import hashlib
 import math
+import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,44 +28,60 @@ from tqdm.auto import tqdm
 
 from .config import PretrainConfig, apply_overrides, from_dict, to_dict, validate
 from .data import ImageSet, augment, load_dataset, prepare
-from .model import MAE, ViTClassifier, encoder_state_dict
+from .model import MAE, ViTClassifier, encoder_state_dict, pool_tokens
 from .pretrain import amp_dtype, build_model, load_encoder, lr_at, pick_device, step_generator
-from .runs import load_torch, merge_results, read_results, save_json, save_torch
+from .runs import HEADLINES, load_torch, merge_results, read_results, run_lock, save_json, save_torch
 
 
 # ----------------------------------------------------------------------------- features
+POOLS = ("cls", "mean")
+
+
 def file_key(path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
+def data_key(data: ImageSet) -> str:
+    """A fingerprint of the images and labels themselves: two datasets never share cached
+    features or results because they have the same name or image count."""
+    h = hashlib.sha1(data.images.contiguous().numpy().tobytes())
+    if data.labels is not None:
+        h.update(data.labels.numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 @torch.no_grad()
-def extract_features(model: MAE, images_u8, img_size: int, pool: str = "cls", batch_size: int = 128,
-                     device=None, progress: bool = True, desc: str = "features") -> torch.Tensor:
-    """(N, D) float32 features of the frozen encoder on full, unmasked images."""
+def extract_features(model: MAE, images_u8, img_size: int, batch_size: int = 128, device=None,
+                     progress: bool = True, desc: str = "features") -> dict:
+    """{'cls': (N, D), 'mean': (N, D)} float32 features of the frozen encoder on full, unmasked
+    images, from one pass: the cls token and the mean of the patch tokens (cls excluded)."""
     device = pick_device(device)
     model = model.to(device).eval()
     dtype = amp_dtype(device)
-    out = []
+    out = {pool: [] for pool in POOLS}
     for i in tqdm(range(0, len(images_u8), batch_size), desc=desc, disable=not progress, leave=False):
         x = prepare(images_u8[i:i + batch_size], img_size, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out.append(model.forward_features(x, pool).float().cpu())
-    return torch.cat(out)
+            tokens = model.forward_tokens(x)
+        for pool in POOLS:
+            out[pool].append(pool_tokens(tokens, pool).float().cpu())
+    return {pool: torch.cat(v) for pool, v in out.items()}
 
 
-def cached_features(run_dir, data: ImageSet, split: str, pool: str, batch_size: int = 128, device=None,
-                    progress: bool = True):
-    """Features of `data` from run_dir/encoder_pretrained.pt, cached in run_dir/features/."""
+def cached_features(run_dir, data: ImageSet, split: str, batch_size: int = 128, device=None,
+                    progress: bool = True, keys: tuple | None = None) -> dict:
+    """Both pools' features of `data` from run_dir/encoder_pretrained.pt, cached in
+    run_dir/features/ under the encoder file's hash and the data's fingerprint."""
     run_dir = Path(run_dir)
     enc_path = run_dir / "encoder_pretrained.pt"
-    # the file's hash fixes the weights and their config (image size included)
-    cache = run_dir / "features" / f"{data.name}_{split}_{len(data)}_{pool}_{file_key(enc_path)}.pt"
+    enc, dat = keys or (file_key(enc_path), data_key(data))
+    cache = run_dir / "features" / f"{split}_{dat}_{enc}.pt"
     if cache.exists():
-        return load_torch(cache)["features"]
+        return load_torch(cache)
     model, cfg = load_encoder(enc_path)
-    feats = extract_features(model, data.images, cfg.model.img_size, pool, batch_size, device, progress,
+    feats = extract_features(model, data.images, cfg.model.img_size, batch_size, device, progress,
                              desc=f"{run_dir.name} {split} features")
-    save_torch({"features": feats}, cache)
+    save_torch(feats, cache)
     return feats
 
 
@@ -158,9 +175,9 @@ def classify(model, images_u8, labels, img_size: int, batch_size: int, device) -
 
 
 def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state: dict | None = None,
-             seed: int = 0, device=None, progress: bool = True):
+             seed: int = 0, device=None, progress: bool = True, layer_decay: float | None = None):
     """Fine-tune the whole encoder (from `encoder_state`, or random for the scratch baseline).
-    Returns (results dict, the trained ViTClassifier)."""
+    layer_decay: defaults to eval.ft_layer_decay. Returns (results dict, the trained ViTClassifier)."""
     device, e = pick_device(device), cfg.eval
     torch.manual_seed(seed)
     num_classes = len(train.classes) or int(train.labels.max()) + 1
@@ -169,13 +186,14 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
         model.load_encoder(encoder_state)
     model.to(device)
     lr = e.ft_blr * e.batch_size / 256
-    opt = torch.optim.AdamW(param_groups_lrd(model, e.ft_weight_decay, e.ft_layer_decay), lr=lr)
+    layer_decay = e.ft_layer_decay if layer_decay is None else layer_decay
+    opt = torch.optim.AdamW(param_groups_lrd(model, e.ft_weight_decay, layer_decay), lr=lr)
     dtype = amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     mix = _mixer(e, num_classes)
     criterion = nn.CrossEntropyLoss(label_smoothing=e.ft_label_smoothing)
     steps_per_epoch = len(train) // e.batch_size or 1
-    total, warmup = e.ft_epochs * steps_per_epoch, int(e.ft_warmup_epochs * steps_per_epoch)
+    total, warmup = e.ft_epochs * steps_per_epoch, e.ft_warmup_epochs * steps_per_epoch
     t0, step, loss_sum = time.perf_counter(), 0, 0.0
     order_g = torch.Generator().manual_seed(seed)
     bar = tqdm(total=total, desc="fine-tune" if encoder_state is not None else "fine-tune (scratch)",
@@ -203,8 +221,9 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     top1 = classify(model, test.images, test.labels, cfg.model.img_size, e.batch_size, device)
-    return {"top1": top1, "epochs": e.ft_epochs, "steps": total, "final_train_loss": loss_sum / max(step, 1)
-            if total else None, "time_s": round(time.perf_counter() - t0, 2)}, model
+    return {"top1": top1, "epochs": e.ft_epochs, "steps": total, "layer_decay": layer_decay,
+            "final_train_loss": loss_sum / max(step, 1) if total else None,
+            "time_s": round(time.perf_counter() - t0, 2)}, model
 
 
 def _mixer(e, num_classes):
@@ -244,78 +263,173 @@ def load_eval_data(cfg: PretrainConfig, data_root="data"):
             load_dataset(cfg.dataset, "test", data_root, max_images=e.max_test))
 
 
+def _keyed(run_dir: Path, name: str, key: dict, force: bool, progress: bool, compute) -> dict:
+    """Reuse results[name] when it was computed for the same key (encoder hash, data, settings),
+    else compute() -> (entry, headline values) and store both; an entry's old fields never linger."""
+    done = read_results(run_dir).get(name)
+    if not force and isinstance(done, dict) and done.get("key") == key:
+        if progress:
+            print(f"{run_dir.name}: {name} reused (encoder {key['encoder']}, same data and settings)")
+        return done
+    entry, headline = compute()
+    with run_lock(run_dir):
+        results = read_results(run_dir)
+        results.update({name: {**entry, "key": key}, **headline})
+        save_json(results, run_dir / "results.json")
+    return results[name]
+
+
 def evaluate_run(run_dir, data_root="data", steps=("lp", "knn", "ft"), data=None, device=None,
                  progress: bool = True, force: bool = False, overrides: dict | None = None) -> dict:
-    """Linear probe, k-NN and fine-tuning of one run folder; each result is merged into its
-    results.json. A step whose result is already there is skipped unless force=True.
-    overrides: dotted eval settings, e.g. {"eval.lp_epochs": 10}."""
+    """Linear probe and k-NN (on cls and mean-pooled features) and fine-tuning of one run folder,
+    each stored in its results.json with the key it was computed for: the encoder file's hash, the
+    data's fingerprint and the step's own settings. A step whose key matches is reused (and says
+    so) unless force=True; a retrained encoder or changed settings recompute it.
+    overrides: dotted eval settings, e.g. {"eval.lp_epochs": 10}. The headline lp_top1 / knn_top1
+    use eval.pool; lp_top1_cls, lp_top1_mean, ... keep both."""
     run_dir = Path(run_dir)
-    cfg, done = apply_overrides(run_config(run_dir), overrides or {}), read_results(run_dir)
+    cfg = apply_overrides(run_config(run_dir), overrides or {})
     validate(cfg)
     train, test = data or load_eval_data(cfg, data_root)
     e, seed = cfg.eval, cfg.seed
-    common = {"n_train": len(train), "n_test": len(test), "seed": seed}
-    if {"lp", "knn"} & set(steps) and (force or not {"lp_top1", "knn_top1"} <= set(done)):
+    base = {"encoder": file_key(run_dir / "encoder_pretrained.pt"), "data": data_key(train) + data_key(test),
+            "n_train": len(train), "n_test": len(test), "seed": seed}
+    feats = {}
+
+    def features():
+        if not feats:
+            keys = (base["encoder"], base["data"][:12]), (base["encoder"], base["data"][12:])
+            feats["train"] = cached_features(run_dir, train, "train", e.batch_size, device, progress, keys[0])
+            feats["test"] = cached_features(run_dir, test, "test", e.batch_size, device, progress, keys[1])
+        return feats["train"], feats["test"]
+
+    def probe():
+        tr, te = features()
         t0 = time.perf_counter()
-        tr = cached_features(run_dir, train, "train", e.pool, e.batch_size, device, progress)
-        te = cached_features(run_dir, test, "test", e.pool, e.batch_size, device, progress)
-        t_feat = time.perf_counter() - t0
-        if "lp" in steps:
-            t0 = time.perf_counter()
-            lp = linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, seed,
-                              device, progress)
-            merge_results(run_dir, {"lp_top1": lp["top1"], "lp": {**lp, **common, "epochs": e.lp_epochs,
-                          "pool": e.pool, "optimizer": "AdamW+cosine", "lr": e.lp_lr,
-                          "time_s": round(time.perf_counter() - t0, 2), "feature_time_s": round(t_feat, 2)}})
-        if "knn" in steps:
-            merge_results(run_dir, {"knn_top1": knn_top1(tr, train.labels, te, test.labels, e.knn_k, e.knn_t),
-                                    "knn": {**common, "k": e.knn_k, "t": e.knn_t, "pool": e.pool}})
-    if "ft" in steps and (force or "ft_top1" not in done):
+        out = {pool: linear_probe(tr[pool], train.labels, te[pool], test.labels, e.lp_epochs, e.batch_size,
+                                  e.lp_lr, seed, device, progress) for pool in POOLS}
+        entry = {**out, "optimizer": "AdamW+cosine", "time_s": round(time.perf_counter() - t0, 2)}
+        return entry, {"lp_top1": out[e.pool]["top1"], **{f"lp_top1_{p}": out[p]["top1"] for p in POOLS}}
+
+    def knn():
+        tr, te = features()
+        out = {pool: knn_top1(tr[pool], train.labels, te[pool], test.labels, e.knn_k, e.knn_t) for pool in POOLS}
+        return out, {"knn_top1": out[e.pool], **{f"knn_top1_{p}": out[p] for p in POOLS}}
+
+    def ft():
+        scratch = cfg.variant.name == "scratch"
         state = load_torch(run_dir / "encoder_pretrained.pt")["model"]
-        ft, _ = finetune(cfg, train, test, state, seed, device, progress)
-        merge_results(run_dir, {"ft_top1": ft["top1"], "ft": {**ft, **common, **{
-            k: v for k, v in to_dict(e).items() if k.startswith("ft_")}}})
+        res, _ = finetune(cfg, train, test, state, seed, device, progress,
+                          e.ft_scratch_layer_decay if scratch else e.ft_layer_decay)
+        return {**res, "recipe": FT_RECIPES["scratch" if scratch else "pretrained"]}, {"ft_top1": res["top1"]}
+
+    ft_settings = {k: v for k, v in to_dict(e).items() if k.startswith("ft_") or k == "batch_size"}
+    plans = {"lp": ({"epochs": e.lp_epochs, "batch_size": e.batch_size, "lr": e.lp_lr}, probe),
+             "knn": ({"k": e.knn_k, "t": e.knn_t}, knn), "ft": (ft_settings, ft)}
+    for step in steps:
+        settings, compute = plans[step]
+        _keyed(run_dir, step, {**base, **settings}, force, progress, compute)
     return read_results(run_dir)
 
 
-def recon_run(run_dir, test: ImageSet, device=None) -> dict:
-    """Masked PSNR and HF error of the run's MAE on the first eval.recon_images test images,
-    with the fixed mask noise (seed 0) that every run shares; merged into results.json."""
+FT_RECIPES = {"pretrained": "official: layer-wise lr decay eval.ft_layer_decay",
+              "scratch": "from scratch: no layer-wise lr decay (eval.ft_scratch_layer_decay), as the MAE "
+                         "paper's ViT trained from scratch"}
+
+
+def recon_run(run_dir, test: ImageSet, device=None, force: bool = False, progress: bool = False) -> dict:
+    """Masked reconstruction metrics (metrics.reconstruction_metrics) of the run's MAE on the first
+    eval.recon_images test images, with the fixed mask noise (seed 0) that every run shares;
+    stored in results.json, keyed like every evaluation."""
     from .metrics import reconstruction_metrics
     from .pretrain import load_mae
-    model, cfg = load_mae(run_dir)
-    m = reconstruction_metrics(model.to(pick_device(device)), test.images[:cfg.eval.recon_images],
-                               cfg.model.img_size)
-    return merge_results(run_dir, {"psnr_masked": m["psnr_masked"], "hf_error_masked": m["hf_error_masked"],
-                                   "recon": m})
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    images = test.head(cfg.eval.recon_images)
+    key = {"encoder": file_key(run_dir / "encoder_pretrained.pt"), "data": data_key(images), "mask_ratio": 0.75,
+           "mask_seed": 0}
+
+    def compute():
+        model, _ = load_mae(run_dir)
+        m = reconstruction_metrics(model.to(pick_device(device)), images.images, cfg.model.img_size)
+        return m, {k: m[k] for k in HEADLINES["recon"]}
+    _keyed(run_dir, "recon", key, force, progress, compute)
+    return read_results(run_dir)
+
+
+def fresh_results(run_dir) -> dict:
+    """results.json without the evaluations whose encoder is not the one in the folder now
+    (a run trained again after it was evaluated): stale numbers are never shown."""
+    run_dir = Path(run_dir)
+    results = read_results(run_dir)
+    enc_path = run_dir / "encoder_pretrained.pt"
+    current = file_key(enc_path) if enc_path.exists() else None
+    for name, keys in HEADLINES.items():
+        entry = results.get(name)
+        if not isinstance(entry, dict) or entry.get("key", {}).get("encoder") != current:
+            for k in (name, *keys):
+                results.pop(k, None)
+    return results
 
 
 # ----------------------------------------------------------------------------- comparison table
-COLUMNS = ("run", "variant", "seed", "lp_top1", "knn_top1", "ft_top1", "psnr_masked", "hf_error_masked",
-           "pretrain_time_s")
+METRICS = ("lp_top1", "lp_top1_cls", "lp_top1_mean", "knn_top1", "knn_top1_cls", "knn_top1_mean", "ft_top1",
+           "nmse_masked", "psnr_masked", "psnr_masked_floor", "hf_error_masked", "hf_error_floor", "pretrain_time_s")
+COLUMNS = ("variant", "seeds", "lp_top1", "knn_top1", "ft_top1", "ft_recipe", "nmse_masked", "psnr_masked",
+           "psnr_masked_floor", "hf_error_masked", "pretrain_time_s")
 
 
-def compare_runs(run_dirs, out_dir) -> list[dict]:
-    """Collect the runs' results into out_dir/compare.json and compare.md (markdown table).
-    The scratch row (if present) gives scratch_ft_top1: what pretraining bought."""
-    run_dirs = [Path(d) for d in run_dirs if read_results(d)]
-    rows = [{"run": d.name, **{c: read_results(d).get(c) for c in COLUMNS[1:]}} for d in run_dirs]
-    scratch = next((r["ft_top1"] for r in rows if r["variant"] == "scratch" and r.get("ft_top1") is not None), None)
-    for run_dir, row in zip(map(Path, run_dirs), rows):
-        row["scratch_ft_top1"] = scratch
-        if scratch is not None and row["variant"] != "scratch":
-            merge_results(run_dir, {"scratch_ft_top1": scratch})
-    out_dir = Path(out_dir)
-    save_json(rows, out_dir / "compare.json")
-    (out_dir / "compare.md").write_text(markdown_table(rows, COLUMNS))
+def summarise_variants(results: list[dict]) -> list[dict]:
+    """One row per variant: each metric as mean (and sd over seeds where there are several);
+    `seeds` lists them. A metric no run of the variant has stays None (shown blank)."""
+    groups = {}
+    for r in results:
+        groups.setdefault(r.get("variant"), []).append(r)
+    rows = []
+    for variant, runs in groups.items():
+        row = {"variant": variant, "seeds": sorted(r.get("seed") for r in runs), "runs": [r["run"] for r in runs],
+               "ft_recipe": "scratch" if variant == "scratch" else "pretrained"}
+        for m in METRICS:
+            vals = [r[m] for r in runs if r.get(m) is not None]
+            row[m] = statistics.fmean(vals) if vals else None
+            row[f"{m}_sd"] = statistics.stdev(vals) if len(vals) > 1 else None
+            row[f"{m}_n"] = len(vals)
+        rows.append(row)
     return rows
 
 
+def compare_runs(run_dirs, out_dir) -> list[dict]:
+    """Collect the runs' fresh results into out_dir/compare.json and compare.md: one row per
+    variant, mean ± sd over seeds where there are several, the number of seeds always shown."""
+    runs = [{"run": Path(d).name, **fresh_results(d)} for d in run_dirs if read_results(d)]
+    rows = summarise_variants(runs)
+    out_dir = Path(out_dir)
+    save_json({"variants": rows, "runs": [{k: r.get(k) for k in ("run", "variant", "seed", *METRICS)} for r in runs]},
+              out_dir / "compare.json")
+    (out_dir / "compare.md").write_text(markdown_table(rows, COLUMNS) + _seed_note(rows))
+    return rows
+
+
+def _seed_note(rows) -> str:
+    single = [r["variant"] for r in rows if len(r["seeds"]) == 1]
+    note = "\nValues are mean ± sd over the seeds listed; "
+    if single:
+        note += f"{', '.join(map(str, single))} ha{'s' if len(single) == 1 else 've'} ONE seed, so no spread is shown. "
+    return note + "A blank (-) is a metric not measured. The scratch row is fine-tuned without layer-wise lr decay.\n"
+
+
 def markdown_table(rows, columns) -> str:
-    def fmt(v):
-        return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+    """Markdown table; a value with a `<column>_sd` entry is shown as mean ± sd, None as '-'."""
+    def fmt(row, c):
+        v, sd = row.get(c), row.get(f"{c}_sd")
+        if v is None:
+            return "-"
+        if isinstance(v, list):
+            return " ".join(map(str, v))
+        text = f"{v:.2f}" if isinstance(v, float) else str(v)
+        return text + (f" ± {sd:.2f}" if sd is not None else "")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(row, c) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -2,9 +2,12 @@
 
 Spaces, stated once: every reconstruction term compares prediction and target in the SAME space,
 the model's target space (`MAE.target`): pixels of the normalised input, further normalised per
-patch when `norm_pix_loss` is on. (The earlier implementation compared a per-patch-normalised
-prediction with raw pixels; see RECIPE.md section 3.)
+patch when `norm_pix_loss` is on. (An earlier implementation of this project's idea compared a
+per-patch-normalised prediction with raw pixels, which penalises the model for being right.)
+Precision: under autocast the target, the loss terms and their reductions run in fp32.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -21,22 +24,38 @@ def masked_mse(pred, target, mask):
     return masked_mean(((pred - target) ** 2).mean(dim=-1), mask)
 
 
-def patch_laplacian(patches, patch_size: int, in_chans: int):
-    """Laplacian (3x3, no padding) of every patch on its own: (N, L, p*p*C) -> (N, L, C*(p-2)^2).
+def patch_laplacian(patches, patch_size: int, in_chans: int, form: str = "interior"):
+    """Laplacian (3x3) of every patch on its own, (N, L, p*p*C) ->
+    'interior': (N, L, C*(p-2)^2), no padding: only pixels whose 3x3 neighbourhood lies in the patch;
+    'replicate': (N, L, C*p*p), the patch's own edge pixels repeated outwards, so border pixels count.
 
     Working inside each patch keeps visible neighbours and per-patch normalisation seams out of it.
     """
     N, L, _ = patches.shape
     x = patches.reshape(N * L, patch_size, patch_size, in_chans).permute(0, 3, 1, 2)
+    if form == "replicate":
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
     kernel = LAPLACIAN_3x3.to(x).expand(in_chans, 1, 3, 3)
     return F.conv2d(x, kernel, groups=in_chans).reshape(N, L, -1)
 
 
-def laplacian_loss(pred, target, mask, patch_size: int, in_chans: int):
+def laplacian_loss(pred, target, mask, patch_size: int, in_chans: int, form: str = "interior"):
     """Masked high-frequency loss: L1 between the Laplacians of prediction and target,
     averaged per patch, then over removed patches (both in the model's target space)."""
-    diff = patch_laplacian(pred, patch_size, in_chans) - patch_laplacian(target, patch_size, in_chans)
+    diff = patch_laplacian(pred, patch_size, in_chans, form) - patch_laplacian(target, patch_size, in_chans, form)
     return masked_mean(diff.abs().mean(dim=-1), mask)
+
+
+def gaussian_blur(imgs, sigma: float):
+    """Separable Gaussian low-pass of (N, C, H, W) images, radius ceil(2 sigma), reflect padding."""
+    if sigma <= 0:
+        return imgs
+    r = max(1, math.ceil(2 * sigma))
+    x = torch.arange(-r, r + 1, dtype=imgs.dtype, device=imgs.device)
+    k = torch.exp(-x**2 / (2 * sigma**2))
+    k, c = k / k.sum(), imgs.shape[1]
+    out = F.conv2d(F.pad(imgs, (r, r, r, r), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def uniformity_wang_isola(features, t: float = 2.0):
@@ -68,19 +87,21 @@ def pretrain_loss(model, imgs, mask_ratio: float, variant, noise=None):
     from .model import pool_tokens
     latent, mask, ids_restore = model.forward_encoder(imgs, mask_ratio, noise)
     pred = model.forward_decoder(latent, ids_restore)
-    target = model.target(imgs)
-    mse = masked_mse(pred.float(), target.float(), mask)
-    parts = {"mse": mse}
-    total = mse
-    if variant.laplacian_weight > 0:
-        p, c = model.patch_embed.patch_size, model.in_chans
-        parts["laplacian"] = laplacian_loss(pred.float(), target.float(), mask, p, c)
-        total = total + variant.laplacian_weight * parts["laplacian"]
-    if variant.uniformity_weight > 0:
-        features = pool_tokens(latent, variant.uniformity_features)
-        if variant.uniformity_form == "wang_isola":
-            parts["uniformity"] = uniformity_wang_isola(features, variant.uniformity_t)
-        else:
-            parts["uniformity"] = UNIFORMITY[variant.uniformity_form](features)
-        total = total + variant.uniformity_weight * parts["uniformity"]
+    with torch.autocast(imgs.device.type, enabled=False):  # targets and losses in fp32
+        target = model.target(gaussian_blur(imgs.float(), variant.target_blur))
+        pred32 = pred.float()
+        mse = masked_mse(pred32, target, mask)
+        parts = {"mse": mse}
+        total = mse
+        if variant.laplacian_weight > 0:
+            p, c = model.patch_embed.patch_size, model.in_chans
+            parts["laplacian"] = laplacian_loss(pred32, target, mask, p, c, variant.laplacian_form)
+            total = total + variant.laplacian_weight * parts["laplacian"]
+        if variant.uniformity_weight > 0:
+            features = pool_tokens(latent, variant.uniformity_features).float()
+            if variant.uniformity_form == "wang_isola":
+                parts["uniformity"] = uniformity_wang_isola(features, variant.uniformity_t)
+            else:
+                parts["uniformity"] = UNIFORMITY[variant.uniformity_form](features)
+            total = total + variant.uniformity_weight * parts["uniformity"]
     return total, parts, pred, mask

@@ -253,15 +253,18 @@ class MAE(nn.Module):
         return self.forward_loss(imgs, pred, mask), pred, mask
 
     # -- features for probing: the whole image, no masking
-    def forward_features(self, imgs, pool: str = "cls"):
-        """Encoder on all patches; `pool` = 'cls' (cls token) or 'mean' (mean of patch tokens)."""
+    def forward_tokens(self, imgs):
+        """Encoder on all patches, no masking: (N, 1 + L, D) tokens after the final norm."""
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
             x = blk(x)
-        x = self.norm(x)
-        return pool_tokens(x, pool)
+        return self.norm(x)
+
+    def forward_features(self, imgs, pool: str = "cls"):
+        """Encoder on all patches; `pool` = 'cls' (cls token) or 'mean' (mean of patch tokens)."""
+        return pool_tokens(self.forward_tokens(imgs), pool)
 
 
 def pool_tokens(x, pool: str):

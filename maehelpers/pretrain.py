@@ -3,7 +3,9 @@ per-step warmup + half-cycle cosine), resumable to the bit from `checkpoint_last
 
 Randomness is a pure function of (seed, step): the epoch's image order comes from (seed, epoch),
 augmentation and mask noise from a generator seeded with (seed, step). Resuming at any step
-therefore replays exactly what an uninterrupted run would have done.
+therefore replays exactly what an uninterrupted run would have done: bit-identical weights on CPU.
+On CUDA the same data, masks and schedule are replayed, but some GPU kernels (atomics in backward
+passes) are not deterministic, so a resumed run matches an uninterrupted one only to float noise.
 """
 import contextlib
 import json
@@ -11,18 +13,19 @@ import math
 import platform
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .config import RESUME_FREE, PretrainConfig, config_diff, to_dict, validate
+from .config import RESUME_FREE, PretrainConfig, config_diff, from_dict, to_dict, validate
 from .data import augment, epoch_order, load_dataset
 from .losses import pretrain_loss
 from .masking import mask_ratio_at
 from .model import MAE, encoder_state_dict
-from .runs import CheckpointError, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl, save_torch
+from .runs import (EVAL_KEYS, CheckpointError, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl,
+                   read_results, run_lock, save_json, save_torch, write_text)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,11 +39,18 @@ def pick_device(device=None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def amp_dtype(device: torch.device):
-    """Mixed precision on CUDA only: bf16 where supported, else fp16 (with a GradScaler)."""
-    if device.type != "cuda":
+def amp_dtype(device: torch.device, enabled: bool = True, capability: tuple | None = None):
+    """Mixed precision on CUDA only, as the official recipe: bf16 on compute capability >= 8.0
+    (A100, L4, H100, ...), fp16 with a GradScaler below (T4, V100: their bf16 is emulated).
+    None (fp32) on CPU or when switched off (train.amp false)."""
+    if device.type != "cuda" or not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    major, _ = capability or torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def precision_name(dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def build_model(cfg: PretrainConfig) -> MAE:
@@ -57,12 +67,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float = 0.0) -> float:
-    """Linear warmup from 0 over warmup_steps, then half-cycle cosine from lr down to min_lr."""
+def lr_at(step: float, total_steps: float, warmup_steps: float, lr: float, min_lr: float = 0.0) -> float:
+    """Linear warmup from 0 over warmup_steps, then half-cycle cosine from lr down to min_lr.
+    Any unit works; the official code uses fractional epochs, so a fractional warmup is kept as is."""
     if step < warmup_steps:
         return lr * step / warmup_steps
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1e-12)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
@@ -91,8 +102,10 @@ def deferred_sigint():
             signal.signal(signal.SIGINT, previous)
 
 
-def _check_resumable(ckpt: dict, cfg: PretrainConfig, path: Path) -> None:
-    diff = [d for d in config_diff(ckpt.get("config", {}), to_dict(cfg)) if not d.startswith(RESUME_FREE)]
+def _check_resumable(ckpt: dict, cfg: PretrainConfig, path: Path, run: dict) -> None:
+    """Refuse a resume that would not continue the same trajectory, with one sentence saying why."""
+    old = to_dict(from_dict(ckpt.get("config", {})))  # keys added since then take their defaults
+    diff = [d for d in config_diff(old, to_dict(cfg)) if not d.startswith(RESUME_FREE)]
     if diff:
         hint = ""
         if any(d.startswith(("model.img_size", "model.patch_size")) for d in diff):
@@ -101,6 +114,61 @@ def _check_resumable(ckpt: dict, cfg: PretrainConfig, path: Path) -> None:
         raise CheckpointError(f"{path} was written with a different config ({'; '.join(diff)}). "
                               "Resume with the same settings, or use another run folder / delete it "
                               f"to start over.{hint}")
+    for key, what in (("n_images", "images"), ("steps_per_epoch", "steps per epoch")):
+        if key in ckpt and ckpt[key] != run[key]:
+            raise CheckpointError(f"{path} was trained on {ckpt['n_images']} images ({ckpt['steps_per_epoch']} "
+                                  f"steps per epoch); this dataset gives {run['n_images']} ({run['steps_per_epoch']}). "
+                                  "Resume with the same data, or start a new run folder.")
+    if ckpt.get("precision", run["precision"]) != run["precision"]:
+        raise CheckpointError(f"{path} was trained in {ckpt['precision']} but this resume would run in "
+                              f"{run['precision']} (device {run['device']}); resume on the same kind of device, "
+                              "set train.amp to match (false = fp32), or start a new run folder.")
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds besides the weights: where training is and the open epoch's sums."""
+    step: int = 0
+    seconds: float = 0.0
+    epoch_loss: float = 0.0
+    epoch_count: int = 0
+
+
+def _restore(ckpt, model, optimizer, scaler, device) -> _State:
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng_cpu"])
+    if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"])
+    return _State(ckpt["step"], ckpt["pretrain_time_s"], ckpt.get("epoch_loss", 0.0), ckpt.get("epoch_count", 0))
+
+
+def _trim_logs(run_dir: Path, step: int) -> None:
+    """Drop log lines past the checkpoint's step (written before a crash); atomic rewrite."""
+    for log in (run_dir / "log_steps.jsonl", run_dir / "log_epochs.jsonl"):
+        rows = [r for r in read_jsonl(log) if r["step"] <= step]
+        write_text(log, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype, ckpt_path, step):
+    """One update; returns (loss value, {term: value}). Stops before the update on a non-finite loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
+        loss, parts, _, _ = pretrain_loss(model, imgs, ratio, cfg.variant, noise)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
+        advice = "lower train.blr" + (", or set train.amp false to train in fp32" if dtype is not None else "")
+        raise NonFiniteLossError(f"loss is {loss_value} at step {step}; stopped before updating the weights; "
+                                 f"{good}. Resume with a {advice}, in a new run folder or with --resume.")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_value, {k: v.item() for k, v in parts.items()}
 
 
 def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: bool = True,
@@ -111,127 +179,115 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
     resume: continue from run_dir/checkpoint_last.pt if present (else refuse to overwrite it).
     stop_at_epoch: end this call after that many epochs (a checkpoint is written); a later call
     resumes. Ctrl-C saves a checkpoint at the current step and re-raises KeyboardInterrupt.
+    The run folder is locked while this runs: a second process on it is refused.
     """
     validate(cfg)
     run_dir, device = prepare_run_dir(run_dir), pick_device(device)
-    ckpt_path = run_dir / "checkpoint_last.pt"
-    ckpt = None
-    if ckpt_path.exists():
-        if not resume:
-            raise CheckpointError(f"{ckpt_path} exists. Pass resume=True (--resume) to continue it, "
-                                  "or choose another run folder / delete it to start over.")
-        ckpt = load_torch(ckpt_path)
-        _check_resumable(ckpt, cfg, ckpt_path)
+    with run_lock(run_dir):
+        return _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch)
 
-    t = cfg.train
-    if data is None:
-        data = load_dataset(cfg.dataset, "pretrain", data_root)
-    data = data.head(t.max_images)
+
+def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch) -> dict:
+    ckpt_path, t = run_dir / "checkpoint_last.pt", cfg.train
+    if ckpt_path.exists() and not resume:
+        raise CheckpointError(f"{ckpt_path} exists. Pass resume=True (--resume) to continue it, "
+                              "or choose another run folder / delete it to start over.")
+    data = (data if data is not None else load_dataset(cfg.dataset, "pretrain", data_root)).head(t.max_images)
     steps_per_epoch = len(data) // t.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(data)} images are fewer than one batch of {t.batch_size}; "
                          "lower train.batch_size or use more images")
-    total_steps, warmup_steps = t.epochs * steps_per_epoch, int(t.warmup_epochs * steps_per_epoch)
+    total_steps, warmup_steps = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
+    dtype = amp_dtype(device, t.amp)
+    run = {"n_images": len(data), "steps_per_epoch": steps_per_epoch, "precision": precision_name(dtype),
+           "device": device.type}
+    ckpt = load_torch(ckpt_path) if ckpt_path.exists() else None
+    if ckpt is not None:
+        _check_resumable(ckpt, cfg, ckpt_path, run)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas)
-    dtype = amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    step, time_before = 0, 0.0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"])
-        step, time_before = ckpt["step"], ckpt["pretrain_time_s"]
+    state = _restore(ckpt, model, optimizer, scaler, device) if ckpt is not None else _State()
+    _trim_logs(run_dir, state.step)
+    saved = {"step": state.step}  # the step of the newest checkpoint on disk
 
-    saved = {"step": step}  # the step of the newest checkpoint on disk
-
-    def save(at_step: int, seconds: float):
-        saved["step"] = at_step
+    def save(seconds: float):
+        saved["step"] = state.step
         save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                    "step": at_step, "epoch": at_step // steps_per_epoch, "pretrain_time_s": seconds,
+                    "step": state.step, "epoch": state.step // steps_per_epoch, "pretrain_time_s": seconds,
+                    "epoch_loss": state.epoch_loss, "epoch_count": state.epoch_count,
                     "rng_cpu": torch.get_rng_state(),
                     "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                    "config": to_dict(cfg)}, ckpt_path)
-
-    step_log, epoch_log = run_dir / "log_steps.jsonl", run_dir / "log_epochs.jsonl"
-    for log in (step_log, epoch_log):  # drop lines past the checkpoint (written before a crash)
-        rows = [r for r in read_jsonl(log) if r["step"] <= step] if ckpt is not None else []
-        log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                    "config": to_dict(cfg), **run}, ckpt_path)
 
     end_step = total_steps if stop_at_epoch is None else min(total_steps, stop_at_epoch * steps_per_epoch)
-    if step >= total_steps and progress:
-        print(f"{ckpt_path} is already complete ({step} steps): nothing to train")
+    if state.step >= total_steps and progress:
+        print(f"{ckpt_path} is already complete ({state.step} steps): nothing to train")
     model.train()
-    t0 = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.variant.name}", unit="step",
+    t0, time_before = time.perf_counter(), state.seconds
+    elapsed = lambda: time_before + time.perf_counter() - t0  # noqa: E731
+    bar = tqdm(total=total_steps, initial=state.step, desc=f"pretrain {cfg.variant.name}", unit="step",
                disable=not progress, dynamic_ncols=True)
-    epoch_loss, epoch_count, order = 0.0, 0, None
-    with deferred_sigint() as sigint, open(step_log, "a") as slog, open(epoch_log, "a") as elog:
-        while step < end_step:
-            epoch, i = divmod(step, steps_per_epoch)
+    order = None
+    with deferred_sigint() as sigint, open(run_dir / "log_steps.jsonl", "a") as slog, \
+            open(run_dir / "log_epochs.jsonl", "a") as elog:
+        while state.step < end_step:
+            epoch, i = divmod(state.step, steps_per_epoch)
             if order is None or i == 0:
                 order = epoch_order(len(data), cfg.seed, epoch)
             idx = order[i * t.batch_size:(i + 1) * t.batch_size]
-            g = step_generator(cfg.seed, step, device)
+            g = step_generator(cfg.seed, state.step, device)
             imgs = augment(data.images[idx], cfg.model.img_size, t.crop_scale, generator=g, device=device)
             noise = torch.rand(imgs.shape[0], model.num_patches, generator=g, device=device)
-            ratio = mask_ratio_at(step / total_steps, cfg.variant)
-            lr = lr_at(step, total_steps, warmup_steps, t.lr, t.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss, parts, _, _ = pretrain_loss(model, imgs, ratio, cfg.variant, noise)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
-                raise NonFiniteLossError(f"loss is {loss_value} at step {step} (epoch {epoch}); stopped before "
-                                         f"updating the weights; {good}. Try a lower blr or fp32.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            row = {"step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr, "mask_ratio": ratio,
-                   **{k: v.item() for k, v in parts.items()}}
-            slog.write(json.dumps(row) + "\n")
-            epoch_loss, epoch_count = epoch_loss + loss_value, epoch_count + 1
+            u = torch.rand(1, generator=g, device=device).item() if cfg.variant.mask_schedule == "random" else 0.5
+            ratio = mask_ratio_at(state.step / total_steps, cfg.variant, u)
+            lr = lr_at(state.step, total_steps, warmup_steps, t.lr, t.min_lr)
+            loss_value, parts = _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype,
+                                            ckpt_path, state.step)
+            state.step += 1
+            slog.write(json.dumps({"step": state.step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
+                                   "mask_ratio": ratio, **parts}) + "\n")
+            state.epoch_loss, state.epoch_count = state.epoch_loss + loss_value, state.epoch_count + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", mask=f"{ratio:.2f}")
-            if step % steps_per_epoch == 0:
-                elog.write(json.dumps({"step": step, "epoch": epoch + 1, "loss": epoch_loss / epoch_count,
-                                       "seconds": time_before + time.perf_counter() - t0}) + "\n")
+            if state.step % steps_per_epoch == 0:
+                elog.write(json.dumps({"step": state.step, "epoch": epoch + 1,
+                                       "loss": state.epoch_loss / state.epoch_count, "seconds": elapsed()}) + "\n")
                 slog.flush()
                 elog.flush()
-                epoch_loss, epoch_count = 0.0, 0
-                if (epoch + 1) % t.save_every == 0 or step == end_step:
-                    save(step, time_before + time.perf_counter() - t0)
+                state.epoch_loss, state.epoch_count = 0.0, 0
+                if (epoch + 1) % t.save_every == 0 or state.step == end_step:
+                    save(elapsed())
             if sigint["hit"]:
-                save(step, time_before + time.perf_counter() - t0)
+                slog.flush()
+                save(elapsed())
                 bar.close()
-                print(f"Interrupted at step {step}: checkpoint saved to {ckpt_path}; run again to resume.")
+                print(f"Interrupted at step {state.step}: checkpoint saved to {ckpt_path}; run again to resume.")
                 raise KeyboardInterrupt
     bar.close()
-    seconds = time_before + time.perf_counter() - t0
-    if step != saved["step"] or not ckpt_path.exists():
-        save(step, seconds)  # the end, when save_every skipped the last epoch
-    if step < total_steps:
-        return {"status": "paused", "step": step, "total_steps": total_steps}
+    seconds = elapsed()
+    if state.step != saved["step"] or not ckpt_path.exists():
+        save(seconds)  # the end, when save_every skipped the last epoch
+    if state.step < total_steps:
+        return {"status": "paused", "step": state.step, "total_steps": total_steps}
+    return _finish(cfg, run_dir, model, seconds, total_steps, len(data), device, run["precision"])
 
+
+def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precision) -> dict:
+    """Write the encoder file and the run's results; evaluations of an older encoder are dropped."""
     save_torch({"model": encoder_state_dict(model), "config": to_dict(cfg)}, run_dir / "encoder_pretrained.pt")
-    last = read_jsonl(epoch_log)
+    last = read_jsonl(run_dir / "log_epochs.jsonl")
+    results = {k: v for k, v in read_results(run_dir).items() if k not in EVAL_KEYS}
+    save_json(results, run_dir / "results.json")
     return merge_results(run_dir, {
         "variant": cfg.variant.name, "preset": cfg.preset, "dataset": cfg.dataset, "seed": cfg.seed,
         "config": to_dict(cfg), "pretrain_time_s": round(seconds, 2), "pretrain_steps": total_steps,
-        "pretrain_images": len(data), "pretrain_final_loss": last[-1]["loss"] if last else None,
-        "torch": torch.__version__, "device": device_name(device), "git_commit": git_commit(),
-        "status": "done"})
+        "pretrain_images": n_images, "pretrain_final_loss": last[-1]["loss"] if last else None,
+        "torch": torch.__version__, "device": device_name(device), "precision": precision,
+        "git_commit": git_commit(), "status": "done"})
 
 
 def cpu_name() -> str:

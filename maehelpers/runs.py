@@ -4,11 +4,14 @@ A run folder (`runs/<name>/`) holds checkpoint_last.pt, encoder_pretrained.pt, r
 log_steps.jsonl and log_epochs.jsonl. Every write goes to a temporary file in the same folder and
 is renamed over the old one, so an interrupted write never replaces the last good file.
 """
+import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +32,10 @@ def _atomic_write(path: Path, write) -> None:
                               "Choose a writable runs folder or free some space.") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; run folders are meant to be shared
+            try:  # mkstemp makes 0600; run folders are meant to be shared
+                os.fchmod(f.fileno(), 0o644)
+            except OSError:  # some network / Drive mounts refuse it: the file is fine without
+                pass
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -69,6 +75,66 @@ def save_torch(obj, path) -> None:
 
 def save_json(obj, path) -> None:
     _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"))
+
+
+def write_text(path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+LOCK_NAME = ".lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Hold run_dir/.lock while a process trains or evaluates in it, so two processes (two Colab
+    runtimes on one Drive folder, say) cannot interleave logs and checkpoints. A lock left by a
+    dead process on this machine is taken over; one from another machine must be removed by hand."""
+    path, me = Path(run_dir) / LOCK_NAME, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                other = json.loads(path.read_text())
+            except (OSError, ValueError):
+                other = {}
+            if other.get("pid") == me["pid"] and other.get("host") == me["host"]:
+                yield path  # this process holds it already (a nested call)
+                return
+            if other.get("host") == me["host"] and not _pid_alive(int(other.get("pid", 0))):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(other.get("since", 0)))
+            raise CheckpointError(f"{run_dir} is in use by process {other.get('pid', '?')} on "
+                                  f"{other.get('host', '?')} (since {since}). Wait for it to finish, or if that "
+                                  f"process is gone, delete {path} and run again.") from None
+    else:
+        raise CheckpointError(f"cannot take the lock {path}; delete it if no process uses {run_dir}")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(me))
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# each evaluation's entry in results.json and the headline values it writes beside it; all of them
+# belong to one encoder and are dropped when the run is pretrained again
+HEADLINES = {"lp": ("lp_top1", "lp_top1_cls", "lp_top1_mean"), "knn": ("knn_top1", "knn_top1_cls", "knn_top1_mean"),
+             "ft": ("ft_top1",), "recon": ("psnr_masked", "psnr_masked_floor", "nmse_masked", "hf_error_masked",
+                                          "hf_error_floor")}
+EVAL_KEYS = tuple(HEADLINES) + tuple(k for keys in HEADLINES.values() for k in keys) + ("scratch_ft_top1",)
 
 
 def load_torch(path) -> dict:
