@@ -1,4 +1,4 @@
-"""Speed, measured as ratios within one run (the machine's own speed drifts; see RECIPE.md 6).
+"""Speed, measured as ratios within one run (the machine's own speed drifts between minutes).
 
     pip install -r requirements-bench.txt && python benchmarks/speed.py [--quick] [--no-compile]
 

@@ -53,6 +53,7 @@ class TrainConfig:
     max_images: int = 0                  # 0 = the whole split; else the first max_images
     save_every: int = 1                  # checkpoint every N epochs (and at the end, on interrupt)
     amp: bool = True                     # mixed precision on CUDA (bf16 on cc >= 8.0, else fp16); never on CPU
+    log_every: int = 0                   # steps between loss checks / log writes; 0 = 1 on CPU, 25 on CUDA
 
     @property
     def lr(self) -> float:
@@ -226,6 +227,7 @@ def validate(cfg: PretrainConfig) -> None:
         (v.uniformity_weight == 0 or t.batch_size >= 2,
          "the uniformity term compares samples within a batch: train.batch_size must be >= 2"),
         (t.max_images >= 0, "train.max_images must be >= 0 (0 = all)"),
+        (t.log_every >= 0, "train.log_every must be >= 0 (0 = automatic)"),
         (e.pool in ("cls", "mean"), "eval.pool must be cls or mean"),
         (e.lp_epochs > 0 and e.ft_epochs > 0 and e.knn_k > 0,
          f"eval.lp_epochs, eval.ft_epochs and eval.knn_k must be positive, got {e.lp_epochs}, {e.ft_epochs}, {e.knn_k}"),
@@ -270,7 +272,7 @@ def from_dict(d: dict) -> PretrainConfig:
 
 # what may differ between a checkpoint and the resuming config without changing the trajectory
 # (precision, the other thing train.amp decides, is checked on its own when resuming)
-RESUME_FREE = ("train.save_every", "train.amp", "eval.")
+RESUME_FREE = ("train.save_every", "train.amp", "train.log_every", "eval.")
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

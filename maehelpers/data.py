@@ -74,9 +74,10 @@ def read_stl10(folder, split: str) -> ImageSet:
     y_path = folder / f"{split}_y.bin"
     if split != "unlabeled":
         y = np.fromfile(y_path, dtype=np.uint8)
-        if len(y) != n or y.min() < 1 or y.max() > 10:
-            raise DataError(f"{y_path} holds {len(y)} labels in {y.min()}..{y.max()} for {n} images; "
-                            "STL-10 has one label in 1..10 per image. Download the files again.")
+        if len(y) != n or y.min(initial=1) < 1 or y.max(initial=10) > 10:
+            found = f"{len(y)} labels" + (f" in {y.min()}..{y.max()}" if len(y) else "")
+            raise DataError(f"{y_path} holds {found} for {n} images; STL-10 has one label in 1..10 per image: "
+                            "the file is truncated or not STL-10. Delete it and download again.")
         labels = torch.from_numpy(y.astype(np.int64) - 1)
     names = folder / "class_names.txt"
     classes = names.read_text().split() if names.exists() else STL10_CLASSES
@@ -179,6 +180,11 @@ def load_folder(root, split: str, size: int = 96) -> ImageSet:
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder.resolve()}")
     classes = sorted({p.parent.name for p in files if p.parent != folder})
+    loose = [p for p in files if p.parent == folder]
+    if classes and loose and split != "pretrain":
+        raise DataError(f"{len(loose)} pictures (e.g. {loose[0].name}) lie directly in {folder} beside the class "
+                        f"folders {', '.join(classes[:5])}: they have no class. Move them into a class folder "
+                        "or out of it; only pretraining may use unlabeled pictures.")
     images = np.empty((len(files), 3, size, size), dtype=np.uint8)
     for i, path in enumerate(files):
         try:

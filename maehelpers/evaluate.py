@@ -1,9 +1,9 @@
 """How a pretrained encoder is judged: linear probe, k-NN and end-to-end fine-tuning.
 
-Protocol (RECIPE.md sections 1 and 5), stated once:
+Protocol, stated once (docs/protocol.md has the details and the reasons):
 - Features: the frozen encoder on the WHOLE image (no masking), resized to the run's image size,
-  normalised as in pretraining; `cls` token (official linear probe) or mean of patch tokens.
-  Cached per run folder, keyed by the encoder file's hash, so a second probe does not re-encode.
+  normalised as in pretraining; the cls token (official linear probe) AND the mean of the patch
+  tokens, from one pass. Cached per run folder, keyed by the encoder file's hash and the images.
 - Linear probe: BatchNorm1d(affine=False, eps 1e-6) + Linear (init std 0.01), as official. The
   official LARS at blr 0.1 assumes batch 16384; at batch 128 its trust-ratio steps are ~100x too
   small, so we use AdamW (lr 1e-3, no weight decay) with 10 % warmup and cosine. Top-1 is read on
@@ -11,8 +11,10 @@ Protocol (RECIPE.md sections 1 and 5), stated once:
 - k-NN: cosine similarity on L2-normalised features, k = 20, votes weighted by exp(sim / 0.07).
 - Fine-tuning: the WHOLE encoder trains (official models_vit with global pooling), layer-wise lr
   decay, drop path, label smoothing, warmup + cosine, optional mixup/cutmix, batched random
-  resized crop (scale 0.08-1) + flip; no RandAugment / random erasing. The same recipe from a
-  random encoder is the "scratch" baseline (run folder `scratch/`).
+  resized crop (scale 0.08-1) + flip; no RandAugment / random erasing. A random encoder is the
+  "scratch" baseline (run folder `scratch/`), fine-tuned without layer-wise decay.
+- Results are stored with their key (encoder hash, data fingerprint, settings) and reused only
+  when it matches.
 """
 import hashlib
 import math

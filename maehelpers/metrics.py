@@ -27,6 +27,11 @@ def reconstruct(model, imgs, mask_ratio: float = 0.75, noise=None):
     (N, 3, H, W) in [0, 1]; pixel mask is 1 on removed pixels."""
     model.eval()
     _, pred, mask = model(imgs, mask_ratio, noise)
+    return to_display(model, imgs, pred, mask)
+
+
+def to_display(model, imgs, pred, mask):
+    """Map a prediction in the model's target space back to display pixels (see reconstruct)."""
     pred = pred.float()
     if model.norm_pix_loss:
         target = model.patchify(imgs)
@@ -76,25 +81,26 @@ def reconstruction_metrics(model, images_u8, img_size: int, mask_ratio: float = 
     - nmse_masked: the loss itself (MSE in the model's target space) on removed patches; borrows
       nothing from the truth. A predictor of zeros scores ~1 with norm_pix (the target's variance).
     - psnr_masked: PSNR of the displayed reconstruction on removed pixels. With norm_pix the patch
-      mean and std are borrowed from the truth, so psnr_masked_floor (the same PSNR for a predictor
-      that outputs each removed patch's true mean) is the score of predicting no structure at all.
+      mean and std are borrowed from the truth, so psnr_masked_floor, the same PSNR for a decoder
+      that outputs zeros (each removed patch filled with its true mean over pixels and channels),
+      is the score of predicting no structure at all.
     - hf_error_masked: Laplacian error inside removed patches (masked_hf_error); hf_error_floor is
-      that of the same mean predictor (whose Laplacian is 0)."""
+      that of the same zero decoder."""
     device = device or next(model.parameters()).device
+    model.eval()
     noise = fixed_noise(len(images_u8), model.num_patches, seed)
     p = model.patch_embed.patch_size
     per_image = {k: [] for k in ("psnr", "floor", "hf", "hf_floor")}
     se_sum, n_patches = 0.0, 0.0
     for i in range(0, len(images_u8), batch_size):
         imgs = prepare(images_u8[i:i + batch_size], img_size, device)
-        batch_noise = noise[i:i + batch_size].to(device)
-        original, _, recon, _, pm = reconstruct(model, imgs, mask_ratio, batch_noise)
-        mean_pred = patch_mean_image(original, p)
+        _, pred, mask = model(imgs, mask_ratio, noise[i:i + batch_size].to(device))
+        original, _, recon, _, pm = to_display(model, imgs, pred, mask)
+        floor = to_display(model, imgs, torch.zeros_like(pred), mask)[2]  # a decoder that outputs zeros
         per_image["psnr"].append(masked_psnr(recon, original, pm).cpu())
-        per_image["floor"].append(masked_psnr(mean_pred, original, pm).cpu())
+        per_image["floor"].append(masked_psnr(floor, original, pm).cpu())
         per_image["hf"].append(masked_hf_error(recon, original, pm, p).cpu())
-        per_image["hf_floor"].append(masked_hf_error(mean_pred, original, pm, p).cpu())
-        _, pred, mask = model(imgs, mask_ratio, batch_noise)
+        per_image["hf_floor"].append(masked_hf_error(floor, original, pm, p).cpu())
         se_sum += (((pred.float() - model.target(imgs).float()) ** 2).mean(-1) * mask).sum().item()
         n_patches += mask.sum().item()
     out = {k: torch.cat(v).mean().item() for k, v in per_image.items()}
@@ -103,9 +109,3 @@ def reconstruction_metrics(model, images_u8, img_size: int, mask_ratio: float = 
             "n_images": len(images_u8), "mask_ratio": mask_ratio, "mask_seed": seed, "psnr_cap": PSNR_CAP,
             "psnr_note": "norm_pix predictions de-normalised with the target patch mean/std"
             if model.norm_pix_loss else "raw pixel predictions"}
-
-
-def patch_mean_image(img, patch_size: int):
-    """Every patch replaced by its own mean (per channel): the 'no structure' predictor."""
-    pooled = F.avg_pool2d(img, patch_size)
-    return F.interpolate(pooled, scale_factor=patch_size, mode="nearest")

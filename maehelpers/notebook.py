@@ -93,8 +93,8 @@ def evaluate_all(paths: Paths, steps, force: bool = False, **eval_settings) -> s
     for run in runs:
         evaluate_run(run, paths.data_root, steps, data=data, device=paths.device, force=force, overrides=changes)
     rows = compare_runs(runs, paths.compare)
-    keys = {"lp": "lp_top1", "knn": "knn_top1", "ft": "ft_top1"}
-    return markdown_table(rows, ["run", "variant"] + [keys[s] for s in steps])
+    keys = {"lp": ["lp_top1_cls", "lp_top1_mean"], "knn": ["knn_top1_cls", "knn_top1_mean"], "ft": ["ft_top1", "ft_recipe"]}
+    return markdown_table(rows, ["variant", "seeds"] + [k for s in steps for k in keys[s]])
 
 
 def show_table(markdown: str) -> None:

@@ -152,23 +152,72 @@ def _trim_logs(run_dir: Path, step: int) -> None:
         write_text(log, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype, ckpt_path, step):
-    """One update; returns (loss value, {term: value}). Stops before the update on a non-finite loss."""
+def _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype, log, step: int):
+    """One update; returns the detached loss and loss terms (still on the device). When the log
+    checks every step (CPU) a non-finite loss stops before the update; on CUDA the check waits for
+    the next log flush, so the step does not wait for the device."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
         loss, parts, _, _ = pretrain_loss(model, imgs, ratio, cfg.variant, noise)
-    loss_value = loss.item()
-    if not math.isfinite(loss_value):
-        good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
-        advice = "lower train.blr" + (", or set train.amp false to train in fp32" if dtype is not None else "")
-        raise NonFiniteLossError(f"loss is {loss_value} at step {step}; stopped before updating the weights; "
-                                 f"{good}. Resume with a {advice}, in a new run folder or with --resume.")
+    if log.every == 1 and not math.isfinite(loss.item()):
+        log.non_finite(step, loss.item(), "stopped before updating the weights")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return loss_value, {k: v.item() for k, v in parts.items()}
+    return loss.detach(), {k: v.detach() for k, v in parts.items()}
+
+
+class _StepLog:
+    """Per-step rows kept on the device and written every `every` steps (1 on CPU), so that on CUDA
+    the loop does not wait for the GPU at each step; the finiteness check happens at each flush,
+    and always before a checkpoint is written."""
+
+    def __init__(self, run_dir: Path, state: _State, every: int, bar, ckpt_path: Path, amp: bool):
+        self.slog, self.elog = open(run_dir / "log_steps.jsonl", "a"), open(run_dir / "log_epochs.jsonl", "a")
+        self.state, self.every, self.bar, self.ckpt_path, self.amp = state, every, bar, ckpt_path, amp
+        self.pending = []
+
+    def add(self, row: dict, loss, parts) -> None:
+        self.pending.append((row, loss, parts))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([torch.stack([loss.float(), *[p.float() for p in parts.values()]])
+                              for _, loss, parts in self.pending]).tolist()
+        for (row, _, parts), vals in zip(self.pending, values):
+            if not math.isfinite(vals[0]):
+                self.non_finite(row["step"] - 1, vals[0], f"found when checking every {self.every} steps; "
+                                                          "nothing after it was saved")
+            row.update(loss=vals[0], **dict(zip(parts, vals[1:])))
+            self.slog.write(json.dumps(row) + "\n")
+            self.state.epoch_loss, self.state.epoch_count = self.state.epoch_loss + vals[0], self.state.epoch_count + 1
+        self.bar.update(len(self.pending))
+        self.bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{row['lr']:.2e}", mask=f"{row['mask_ratio']:.2f}")
+        self.pending = []
+        self.slog.flush()
+
+    def non_finite(self, step: int, value: float, what: str):
+        good = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
+        advice = "lower train.blr" + (", or set train.amp false to train in fp32" if self.amp else "")
+        raise NonFiniteLossError(f"loss is {value} at step {step}; {what}; {good}. A resume keeps the config and "
+                                 f"would meet the same loss: start again in a new run folder with a {advice}.")
+
+    def end_epoch(self, step: int, epoch: int, seconds: float) -> None:
+        self.flush()
+        self.elog.write(json.dumps({"step": step, "epoch": epoch, "loss": self.state.epoch_loss / self.state.epoch_count,
+                                    "seconds": seconds}) + "\n")
+        self.elog.flush()
+        self.state.epoch_loss, self.state.epoch_count = 0.0, 0
+
+    def close(self) -> None:
+        self.slog.close()
+        self.elog.close()
+        self.bar.close()
 
 
 def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: bool = True,
@@ -185,6 +234,13 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
     run_dir, device = prepare_run_dir(run_dir), pick_device(device)
     with run_lock(run_dir):
         return _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch)
+
+
+def resident(images, device: torch.device, limit_bytes: int = 2 << 30):
+    """A dataset small enough (Fashion-MNIST, CIFAR-10) lives on the GPU, so no step waits for a copy."""
+    if device.type == "cuda" and images.numel() * images.element_size() <= limit_bytes:
+        return images.to(device)
+    return images
 
 
 def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch) -> dict:
@@ -231,43 +287,39 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     elapsed = lambda: time_before + time.perf_counter() - t0  # noqa: E731
     bar = tqdm(total=total_steps, initial=state.step, desc=f"pretrain {cfg.variant.name}", unit="step",
                disable=not progress, dynamic_ncols=True)
+    every = t.log_every or (1 if device.type == "cpu" else 25)
+    log = _StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None)
+    images = resident(data.images, device)
     order = None
-    with deferred_sigint() as sigint, open(run_dir / "log_steps.jsonl", "a") as slog, \
-            open(run_dir / "log_epochs.jsonl", "a") as elog:
-        while state.step < end_step:
-            epoch, i = divmod(state.step, steps_per_epoch)
-            if order is None or i == 0:
-                order = epoch_order(len(data), cfg.seed, epoch)
-            idx = order[i * t.batch_size:(i + 1) * t.batch_size]
-            g = step_generator(cfg.seed, state.step, device)
-            imgs = augment(data.images[idx], cfg.model.img_size, t.crop_scale, generator=g, device=device)
-            noise = torch.rand(imgs.shape[0], model.num_patches, generator=g, device=device)
-            u = torch.rand(1, generator=g, device=device).item() if cfg.variant.mask_schedule == "random" else 0.5
-            ratio = mask_ratio_at(state.step / total_steps, cfg.variant, u)
-            lr = lr_at(state.step, total_steps, warmup_steps, t.lr, t.min_lr)
-            loss_value, parts = _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype,
-                                            ckpt_path, state.step)
-            state.step += 1
-            slog.write(json.dumps({"step": state.step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-                                   "mask_ratio": ratio, **parts}) + "\n")
-            state.epoch_loss, state.epoch_count = state.epoch_loss + loss_value, state.epoch_count + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", mask=f"{ratio:.2f}")
-            if state.step % steps_per_epoch == 0:
-                elog.write(json.dumps({"step": state.step, "epoch": epoch + 1,
-                                       "loss": state.epoch_loss / state.epoch_count, "seconds": elapsed()}) + "\n")
-                slog.flush()
-                elog.flush()
-                state.epoch_loss, state.epoch_count = 0.0, 0
-                if (epoch + 1) % t.save_every == 0 or state.step == end_step:
+    try:
+        with deferred_sigint() as sigint:
+            while state.step < end_step:
+                epoch, i = divmod(state.step, steps_per_epoch)
+                if order is None or i == 0:
+                    order = epoch_order(len(data), cfg.seed, epoch)
+                idx = order[i * t.batch_size:(i + 1) * t.batch_size]
+                g = step_generator(cfg.seed, state.step, device)
+                imgs = augment(images[idx.to(images.device)], cfg.model.img_size, t.crop_scale, generator=g,
+                               device=device)
+                noise = torch.rand(imgs.shape[0], model.num_patches, generator=g, device=device)
+                u = torch.rand(1, generator=g, device=device).item() if cfg.variant.mask_schedule == "random" else 0.5
+                ratio = mask_ratio_at(state.step / total_steps, cfg.variant, u)
+                lr = lr_at(state.step, total_steps, warmup_steps, t.lr, t.min_lr)
+                loss, parts = _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype, log, state.step)
+                state.step += 1
+                log.add({"step": state.step, "epoch": epoch + 1, "lr": lr, "mask_ratio": ratio}, loss, parts)
+                if state.step % steps_per_epoch == 0:
+                    log.end_epoch(state.step, epoch + 1, elapsed())
+                    if (epoch + 1) % t.save_every == 0 or state.step == end_step:
+                        save(elapsed())
+                if sigint["hit"]:
+                    log.flush()
                     save(elapsed())
-            if sigint["hit"]:
-                slog.flush()
-                save(elapsed())
-                bar.close()
-                print(f"Interrupted at step {state.step}: checkpoint saved to {ckpt_path}; run again to resume.")
-                raise KeyboardInterrupt
-    bar.close()
+                    print(f"Interrupted at step {state.step}: checkpoint saved to {ckpt_path}; run again to resume.")
+                    raise KeyboardInterrupt
+            log.flush()
+    finally:
+        log.close()
     seconds = elapsed()
     if state.step != saved["step"] or not ckpt_path.exists():
         save(seconds)  # the end, when save_every skipped the last epoch

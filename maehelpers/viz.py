@@ -66,21 +66,34 @@ def recon_grid(models: dict, images_u8, img_size: int, path, mask_ratio: float =
     return psnrs
 
 
+SHARED_TERM = "mse"  # every variant's loss has this term; totals of different variants do not compare
+
+
 def draw_curves(run_dirs):
-    """Loss, mask ratio and learning rate against step for one or more runs, shared axes."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), dpi=DPI, sharex=True)
+    """Against step, for one or more runs: the masked MSE that every variant shares (common axes),
+    each variant's extra loss terms (their own panel, labelled by run and term), mask ratio and lr.
+    Totals are not overlaid: they hold different terms in different variants."""
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.2), dpi=DPI, sharex=True)
     for run_dir in map(Path, run_dirs):
         rows = read_jsonl(run_dir / "log_steps.jsonl")
         if not rows:
             continue
         steps = [r["step"] for r in rows]
-        for ax, key in zip(axes, ("loss", "mask_ratio", "lr")):
-            ax.plot(steps, [r[key] for r in rows], label=run_dir.name, lw=1)
-    for ax, key in zip(axes, ("total loss", "mask ratio", "learning rate")):
-        ax.set_title(key, fontsize=9)
+        axes[0].plot(steps, [r[SHARED_TERM] for r in rows], label=run_dir.name, lw=1)
+        for term in sorted(set(rows[0]) - {"step", "epoch", "loss", "lr", "mask_ratio", SHARED_TERM}):
+            axes[1].plot(steps, [r[term] for r in rows], label=f"{run_dir.name}: {term}", lw=1)
+        axes[2].plot(steps, [r["mask_ratio"] for r in rows], label=run_dir.name, lw=1)
+        axes[3].plot(steps, [r["lr"] for r in rows], label=run_dir.name, lw=1)
+    titles = ("masked MSE (shared by all variants)", "extra loss terms (unweighted)", "mask ratio", "learning rate")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if not axes[1].lines:
+        axes[1].text(0.5, 0.5, "no extra terms", ha="center", va="center", transform=axes[1].transAxes)
+    for ax in axes[:2]:
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -89,18 +102,23 @@ def plot_curves(run_dirs, path) -> Path:
     return save(draw_curves(run_dirs), path)
 
 
-def draw_results(rows, metrics=("lp_top1", "knn_top1", "ft_top1"), errors: dict | None = None):
-    """Grouped bars of top-1 per run (rows: dicts with 'run' and the metrics); optional error bars
-    as errors[(run, metric)] = half-width."""
+def draw_results(rows, metrics=("lp_top1", "knn_top1", "ft_top1"), errors: dict | None = None, label: str = "variant"):
+    """Grouped bars of top-1 per row (dicts with `label` and the metrics). A missing metric draws
+    no bar (not a 0 % one); error bars are the rows' `<metric>_sd` (sd over seeds) unless
+    errors[(row label, metric)] gives them; each label says how many seeds it holds."""
+    import math
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 3.5), dpi=DPI)
     width = 0.8 / len(metrics)
     for k, metric in enumerate(metrics):
         xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
-        vals = [r.get(metric) or 0.0 for r in rows]
-        err = [(errors or {}).get((r["run"], metric), 0.0) for r in rows]
-        ax.bar(xs, vals, width, yerr=err if errors else None, capsize=3, label=metric)
-    ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=20, fontsize=8)
+        vals = [math.nan if r.get(metric) is None else r[metric] for r in rows]
+        err = [(errors or {}).get((r[label], metric), r.get(f"{metric}_sd") or 0.0) for r in rows]
+        ax.bar(xs, vals, width, yerr=err, capsize=3, label=metric)
+    names = [f"{r[label]}\n({len(r['seeds'])} seed{'s' if len(r['seeds']) > 1 else ''})" if "seeds" in r
+             else str(r[label]) for r in rows]
+    ax.set_xticks(range(len(rows)), names, fontsize=8)
     ax.set_ylabel("top-1 (%)")
+    ax.set_title("mean over seeds; whiskers: sd over seeds (none with one seed); no bar: not measured", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

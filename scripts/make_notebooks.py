@@ -145,11 +145,14 @@ NOTEBOOKS = {
         "How linearly separable are the frozen encoders' features? For every pretrained run (and a "
         "randomly initialised encoder, the baseline), extract features of the whole labelled images once "
         "(cached in the run folder), train BatchNorm + Linear on the train split, and report top-1 on the "
-        "test split at the last epoch; then a k-NN classifier (k = 20, cosine) on the same features.",
+        "test split at the last epoch; then a k-NN classifier (k = 20, cosine) on the same features. "
+        "Both are measured on two features from one encoder pass: the cls token (the official linear probe) "
+        "and the mean of the patch tokens (the feature fine-tuning and the uniformity term use).",
         "lp_epochs = None     # None keeps the value of the preset\nbatch_size = None") + [
         md("## The protocol"),
         check("from maehelpers.evaluate import run_config\ne = run_config(nb.pretrained_runs(paths, False)[0]).eval\n"
-              "print(f'features: {e.pool} token; probe: BN + Linear, AdamW + cosine, last epoch; '\n"
+              "print(f'features: cls token and mean of patch tokens (headline: {e.pool}); '\n"
+              "      f'probe: BN + Linear, AdamW + cosine, last epoch; '\n"
               "      f'k-NN: k={e.knn_k}, T={e.knn_t}')"),
         md("## Probe every run\nResults are merged into each run's `results.json`; finished runs are skipped "
            "unless `force`."),
@@ -161,13 +164,17 @@ NOTEBOOKS = {
     "04_finetune.ipynb": head(
         "04 · Fine-tune",
         "Train the WHOLE encoder with a classification head, for each pretrained run and from a random "
-        "initialisation with the same recipe (the no-pretraining baseline, run `scratch`), so the table "
-        "shows what pretraining bought.",
+        "initialisation (the no-pretraining baseline, run `scratch`), so the table shows what pretraining "
+        "bought. The two rows use different recipes on purpose: layer-wise lr decay protects pretrained "
+        "lower layers, but on a random network it would starve the patch embedding of learning rate "
+        "(0.75^9 ~ 0.08x), so the scratch row trains without it, as the MAE paper's from-scratch ViT. "
+        "The `ft_recipe` column says which recipe each row used.",
         "ft_epochs = None     # None keeps the value of the preset\nbatch_size = None") + [
         md("## The recipe\nOfficial MAE fine-tuning, scaled down: global average pooling + LayerNorm + "
            "head, layer-wise lr decay, drop path, label smoothing, warmup + cosine."),
         check("from maehelpers.evaluate import run_config\ne = run_config(nb.pretrained_runs(paths, False)[0]).eval\n"
-              "print(f'layer decay {e.ft_layer_decay}, drop path {e.ft_drop_path}, label smoothing '\n"
+              "print(f'layer decay {e.ft_layer_decay} (scratch: {e.ft_scratch_layer_decay}), drop path {e.ft_drop_path}, '\n"
+              "      f'label smoothing '\n"
               "      f'{e.ft_label_smoothing}, mixup {e.ft_mixup}, cutmix {e.ft_cutmix}, weight decay {e.ft_weight_decay}')"),
         md("## Fine-tune every run"),
         code("table = nb.evaluate_all(paths, ('ft',), force, ft_epochs=ft_epochs, batch_size=batch_size)\n"
@@ -176,9 +183,14 @@ NOTEBOOKS = {
     ],
     "05_visualize.ipynb": head(
         "05 · Reconstructions, metrics and the final comparison",
-        "All pretrained models reconstruct the same test images under the SAME masks. Masked-region "
-        "PSNR and Laplacian high-frequency error are computed on a fixed evaluation set with fixed mask "
-        "noise; pictures and the final table go to `runs/compare/`.") + [
+        "All pretrained models reconstruct the same test images under the SAME masks. On a fixed evaluation "
+        "set with fixed mask noise: `nmse_masked`, the loss in the model's own target space on removed "
+        "patches (borrows nothing from the truth); `psnr_masked`, PSNR of the displayed reconstruction on "
+        "removed pixels, which with norm-pix targets borrows each patch's true mean and std, so it is shown "
+        "next to `psnr_masked_floor`, what a decoder that outputs zeros scores; and `hf_error_masked`, the "
+        "Laplacian error inside removed patches (patch interiors, so seams and visible neighbours do not "
+        "count). The table gives mean ± sd over seeds where a variant has several runs, says when it has "
+        "one, and leaves unmeasured values blank (-). Pictures and the table go to `runs/compare/`.") + [
         md("## Which runs"),
         check("print(sorted(r.name for r in nb.pretrained_runs(paths)))"),
         md("## Metrics, reconstruction grid, curves, table"),
@@ -190,8 +202,9 @@ NOTEBOOKS = {
            "Every model gets the same mask."),
         code("from maehelpers.widgets import Inspector\n"
              "Inspector(vis['models'], vis['images'], vis['img_size']).widget"),
-        md("## What was written\n`runs/compare/`: `recon_grid.png`, `curves.png`, `results.png`, `compare.md`, "
-           "`compare.json`; every run's `results.json` now also holds `psnr_masked` and `hf_error_masked`."),
+        md("## What was written\n`runs/compare/`: `recon_grid.png`, `curves.png` (the masked MSE that all variants "
+           "share on common axes, extra terms in their own panel), `results.png`, `compare.md`, `compare.json`; "
+           "every run's `results.json` now also holds the reconstruction metrics under `recon`, keyed to its encoder."),
         code("print((paths.compare / 'compare.md').read_text())"),
     ],
 }

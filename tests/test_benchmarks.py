@@ -9,23 +9,51 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def test_ablation_script_tiny(tmp_path):
+def test_ablation_runner_tiny_records_skip_and_report(tmp_path):
     import ablation
-    ablation.main(["--dataset", "synthetic", "--preset", "smoke", "--seeds", "0", "1", "--variants", "original",
-                   "laplacian", "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--quiet"])
+    common = ["--dataset", "synthetic", "--preset", "smoke", "--steps", "16", "--runs-root", str(tmp_path / "runs"),
+              "--records", str(tmp_path / "runs.jsonl"), "--out", str(tmp_path / "out"), "--quiet"]
+    ablation.main(["run", "--arms", "original", "lap_replicate_10x", "random", "raw_pixels", "--seeds", "0", "1",
+                   *common])
+    records = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(records) == 8
+    lap = next(r for r in records if r["arm"] == "lap_replicate_10x")
+    assert lap["variant"] == "laplacian+laplacian_form=replicate+laplacian_weight=0.5"
+    for key in ("lp_top1_cls", "lp_top1_mean", "knn_top1_cls", "knn_top1_mean", "pretrain_time_s", "git_commit",
+                "overrides", "steps", "seed", "threads", "under_load"):
+        assert key in lap
+    ablation.main(["run", "--arms", "original", "--seeds", "0", "1", *common])   # finished: nothing added
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 8
     summary = json.loads((tmp_path / "out" / "ablation_synthetic.json").read_text())
-    assert [r["run"] for r in summary["rows"]] == ["original", "laplacian", "random encoder", "raw pixels"]
-    lap = summary["rows"][1]
-    assert {"lp_top1", "lp_top1_sd", "lp_top1_diff", "lp_top1_ci95", "knn_top1_diff", "psnr_masked"} <= set(lap)
-    assert summary["seeds"] == [0, 1] and "knn_top1" in summary["original_vs_random"]
-    assert (tmp_path / "out" / "ablation_synthetic.png").stat().st_size > 0
-    assert "| laplacian |" in (tmp_path / "out" / "ablation_synthetic.md").read_text()
+    row = next(r for r in summary["rows"] if r["arm"] == "lap_replicate_10x")
+    assert row["seeds"] == [0, 1] and row["knn_top1_mean_vs_original"]["n"] == 2
+    assert (tmp_path / "out" / "ablation_synthetic_16.png").stat().st_size > 0
+    assert "| lap_replicate_10x | 16 | 2 |" in (tmp_path / "out" / "ablation_synthetic.md").read_text()
 
 
-def test_paired_difference_hand_values():
+def test_paired_difference_and_detectable_effect_hand_values():
     import ablation
-    m, half = ablation.paired_diff([70.0, 72.0, 74.0], [71.0, 74.0, 74.0])   # diffs 1, 2, 0
-    assert m == pytest.approx(1.0) and half == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
+    base = {0: 70.0, 1: 72.0, 2: 74.0}
+    arm = {0: 71.0, 1: 74.0, 2: 74.0, 3: 99.0}            # seed 3 has no partner: left out
+    p = ablation.paired(base, arm)                       # differences 1, 2, 0: mean 1, sd 1
+    assert p["n"] == 3 and p["diff"] == pytest.approx(1.0)
+    assert p["ci95"] == pytest.approx(4.303 / 3 ** 0.5)
+    assert p["mde"] == pytest.approx((4.303 + 1.061) / 3 ** 0.5)
+    assert ablation.paired(base, {0: 75.0}) == {"diff": 5.0, "ci95": None, "n": 1, "mde": None}
+    assert ablation.paired(base, {7: 75.0}) is None
+
+
+def test_records_merge_later_lines_and_rank_arms(tmp_path):
+    import ablation
+    path = tmp_path / "r.jsonl"
+    rows = [{"arm": "original", "seed": 0, "steps": 500, "knn_top1_mean": 70.0, "ft_top1": None},
+            {"arm": "lowpass", "seed": 0, "steps": 500, "knn_top1_mean": 72.0},
+            {"arm": "curriculum", "seed": 0, "steps": 500, "knn_top1_mean": 69.0},
+            {"arm": "original", "seed": 0, "steps": 500, "ft_top1": 80.0}]   # a later fine-tuning result
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = ablation.read_records(path)
+    assert records[("original", 0, 500)]["knn_top1_mean"] == 70.0 and records[("original", 0, 500)]["ft_top1"] == 80.0
+    assert ablation.ranked_arms(records, 500) == [("lowpass", 72.0), ("curriculum", 69.0)]
 
 
 def test_speed_script_quick(tmp_path):

@@ -55,10 +55,23 @@ def test_psnr_hand_value_cap_and_mask():
     pred[..., 2:, :] = 0.9                     # visible pixels are ignored
     assert torch.isclose(masked_psnr(pred, target, mask), torch.tensor([20.0]))
     assert masked_psnr(target, target, mask).item() == PSNR_CAP
-    assert masked_hf_error(target + 0.3, target, mask).item() == pytest.approx(0.0, abs=1e-6)
-    edge = target.clone()
-    edge[..., :, 2:] = 1.0
-    assert masked_hf_error(target, edge, mask).item() > 0
+
+
+
+def test_hf_error_hand_value_inside_masked_patches_only():
+    # 8x8 image, patch 4: patches 0 (top-left) and 3 (bottom-right) masked
+    target = torch.zeros(1, 3, 8, 8)
+    mask = torch.zeros(1, 3, 8, 8)
+    mask[..., :4, :4] = 1
+    mask[..., 4:, 4:] = 1
+    pred = target.clone()
+    pred[..., :4, :4] += 0.3                   # a constant offset per patch: a seam, no high frequency
+    pred[..., :4, 4:] = torch.rand(3, 4, 4)    # visible patches are ignored, whatever they hold
+    assert masked_hf_error(pred, target, mask, 4).item() == pytest.approx(0.0, abs=1e-6)
+    pred[..., 5, 5] += 1.0                     # a spike at interior pixel (1, 1) of patch 3
+    # Laplacian at the 2x2 interior: -4 at the spike, 1 at its two interior neighbours, 0 at the
+    # diagonal: mean |.| = 6 / 4 = 1.5 for that patch, 0 for patch 0; mean over masked patches = 0.75
+    assert masked_hf_error(pred, target, mask, 4).item() == pytest.approx(0.75)
 
 
 def test_reconstruct_undoes_norm_pix_with_target_stats():
@@ -89,8 +102,8 @@ def test_grid_uses_identical_masks_and_fixed_size(two_runs, tmp_path):
     recon_grid(models, images, 32, path)
     assert Image.open(path).size == (int(1.6 * 6 * 100), int(1.75 * 3 * 100))
     curves = plot_curves([two_runs / "original", two_runs / "improved"], tmp_path / "curves.png")
-    assert Image.open(curves).size == (1200, 320)
-    bars = plot_results([{"run": "a", "lp_top1": 50.0}, {"run": "b", "lp_top1": 60.0}], tmp_path / "bars.png")
+    assert Image.open(curves).size == (1500, 320)
+    bars = plot_results([{"variant": "a", "lp_top1": 50.0}, {"variant": "b", "lp_top1": 60.0}], tmp_path / "bars.png")
     assert Image.open(bars).size[1] == 350
 
 
@@ -140,7 +153,7 @@ def test_evaluate_run_merges_and_skips_finished_steps(two_runs, tmp_path):
     res = evaluate_run(run, progress=False)
     for key in ("lp_top1", "knn_top1", "ft_top1", "pretrain_time_s", "config"):
         assert key in res
-    assert res["lp"]["epochs"] == 5 and res["lp"]["n_train"] == 128
+    assert res["lp"]["key"]["epochs"] == 5 and res["lp"]["key"]["n_train"] == 128
     cache = list((run / "features").glob("*.pt"))
     assert len(cache) == 2                                       # train and test features cached
     mtimes = {p: p.stat().st_mtime_ns for p in cache}
@@ -155,6 +168,6 @@ def test_evaluate_run_merges_and_skips_finished_steps(two_runs, tmp_path):
     b = load_torch(run / "encoder_pretrained.pt")["model"]["blocks.0.attn.qkv.weight"]
     assert not torch.equal(a, b)
     rows = compare_runs([run, scratch], tmp_path / "compare")
-    assert rows[0]["scratch_ft_top1"] == read_results(scratch)["ft_top1"] == read_results(run)["scratch_ft_top1"]
+    assert rows[1]["ft_top1"] == read_results(scratch)["ft_top1"] and rows[1]["ft_recipe"] == "scratch"
     assert "| original |" in (tmp_path / "compare" / "compare.md").read_text()
-    assert json.loads((tmp_path / "compare" / "compare.json").read_text()) == rows
+    assert json.loads((tmp_path / "compare" / "compare.json").read_text())["variants"] == rows

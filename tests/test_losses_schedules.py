@@ -109,3 +109,54 @@ def test_config_validation_messages():
             make_config("original", "paper", overrides={key: value})
     cfg = make_config("original", "smoke", overrides={"variant.laplacian_weight": "0.2", "train.epochs": "3"})
     assert cfg.variant.laplacian_weight == 0.2 and cfg.train.epochs == 3
+
+
+def test_random_ratio_draws_within_its_range_every_step():
+    v = VARIANTS["random_ratio"]                      # uniform in [0.6, 0.9]
+    assert mask_ratio_at(0.3, v, u=0.0) == pytest.approx(0.6)
+    assert mask_ratio_at(0.3, v, u=0.5) == pytest.approx(0.75)
+    assert mask_ratio_at(0.9, v, u=0.999) == pytest.approx(0.6 + 0.3 * 0.999)
+
+
+def test_random_ratio_is_used_by_pretraining(tmp_path):
+    from maehelpers.pretrain import pretrain
+    from maehelpers.runs import read_jsonl
+    pretrain(make_config("random_ratio", "smoke", "synthetic"), tmp_path / "r", progress=False)
+    ratios = [r["mask_ratio"] for r in read_jsonl(tmp_path / "r" / "log_steps.jsonl")]
+    assert all(0.6 <= r <= 0.9 for r in ratios) and len(set(ratios)) == len(ratios)
+
+
+def test_replicate_laplacian_covers_border_pixels_hand_values():
+    # one 3x3 single-channel patch holding a 1 in its top-left corner
+    patch = torch.zeros(1, 1, 9)
+    patch[0, 0, 0] = 1.0
+    interior = patch_laplacian(patch, 3, 1, "interior")
+    assert interior.shape == (1, 1, 1) and interior.item() == 0.0   # the centre does not see the corner
+    full = patch_laplacian(patch, 3, 1, "replicate").reshape(3, 3)
+    # replicate padding: the corner's up and left neighbours are itself: 1 + 1 + 0 + 0 - 4 = -2;
+    # its right and lower neighbours see it once: +1; everything else 0
+    expected = torch.tensor([[-2.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert torch.equal(full, expected)
+    mask = torch.ones(1, 1)
+    assert laplacian_loss(patch, torch.zeros(1, 1, 9), mask, 3, 1, "replicate").item() == pytest.approx(4 / 9)
+    assert laplacian_loss(patch, torch.zeros(1, 1, 9), mask, 3, 1, "interior").item() == 0.0
+
+
+def test_lowpass_target_hand_values():
+    from maehelpers.losses import gaussian_blur
+    flat = torch.full((1, 1, 8, 8), 0.7)
+    assert torch.allclose(gaussian_blur(flat, 1.0), flat)            # a constant passes unchanged
+    spike = torch.zeros(1, 1, 9, 9)
+    spike[0, 0, 4, 4] = 1.0
+    out = gaussian_blur(spike, 1.0)                                  # radius 2: weights exp(-x^2 / 2)
+    w = torch.tensor([math.exp(-x * x / 2) for x in (-2, -1, 0, 1, 2)])
+    w = w / w.sum()
+    assert out[0, 0, 4, 4].item() == pytest.approx((w[2] * w[2]).item())
+    assert out[0, 0, 3, 5].item() == pytest.approx((w[1] * w[3]).item())
+    assert out.sum().item() == pytest.approx(1.0)                    # mass kept
+    model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+                decoder_depth=1, decoder_num_heads=2)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    _, parts, pred, mask = pretrain_loss(model, imgs, 0.75, VARIANTS["lowpass"], noise)
+    blurred_target = model.target(gaussian_blur(imgs, 1.0))
+    assert parts["mse"].item() == pytest.approx(masked_mse(pred, blurred_target, mask).item(), rel=1e-6)

@@ -152,7 +152,7 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch, s
         total, parts, pred, mask = real(*args, **kwargs)
         return (total * float("nan") if calls[0] == 11 else total), parts, pred, mask
     monkeypatch.setattr(P, "pretrain_loss", sometimes_nan)
-    with pytest.raises(NonFiniteLossError, match=r"at step 10 .*last good checkpoint is .*checkpoint_last.pt"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 10; .*last good checkpoint is .*checkpoint_last.pt"):
         pretrain(smoke_cfg, tmp_path / "run", progress=False)
     state = load_torch(tmp_path / "run" / "checkpoint_last.pt")
     assert state["step"] == 8 and all(torch.isfinite(v).all() for v in state["model"].values())

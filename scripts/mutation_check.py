@@ -1,0 +1,162 @@
+"""Plant known bugs one at a time in a temporary copy of the repository and check that the tests
+catch each of them.
+
+    python scripts/mutation_check.py              # every mutation, its own tests first, then the fast suite
+    python scripts/mutation_check.py --list
+    python scripts/mutation_check.py --only scratch_layer_decay hf_seams
+
+A mutation replaces one exact piece of source text (it must occur exactly once, so a refactor that
+moves the code makes the check fail loudly rather than test nothing). A mutation is "killed" when
+pytest fails on the mutated copy; a "survivor" is a bug that no test noticed. The fast suite is
+every test file except the notebook, reliability and benchmark ones.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW = ("tests/test_notebooks.py", "tests/test_reliability.py", "tests/test_benchmarks.py")
+
+# name: (file, original text, mutated text, the tests that should catch it first)
+MUTATIONS = {
+    "scratch_layer_decay": ("maehelpers/evaluate.py", "e.ft_scratch_layer_decay if scratch else e.ft_layer_decay",
+                            "e.ft_layer_decay", "tests/test_fresh_numbers.py"),
+    "psnr_floor_borrowed": ("maehelpers/metrics.py", "floor = to_display(model, imgs, torch.zeros_like(pred), mask)[2]",
+                            "floor = torch.zeros_like(original)", "tests/test_fresh_numbers.py"),
+    "hf_seams": ("maehelpers/metrics.py", "diff = (patch_laplacian(patches(pred), patch_size, c)",
+                 "diff = (patch_laplacian(patches(pred), patch_size, c, 'replicate')", "tests/test_evaluate.py"),
+    "stale_eval_kept": ("maehelpers/pretrain.py", "if k not in EVAL_KEYS}", "}", "tests/test_fresh_numbers.py"),
+    "eval_key_ignores_encoder": ("maehelpers/evaluate.py", 'base = {"encoder": file_key(run_dir / "encoder_pretrained.pt"),',
+                                 'base = {"encoder": "same",', "tests/test_fresh_numbers.py"),
+    "epoch_sums_lost": ("maehelpers/pretrain.py", 'ckpt.get("epoch_loss", 0.0), ckpt.get("epoch_count", 0))',
+                        "0.0, 0)", "tests/test_fresh_numbers.py"),
+    "no_size_check": ("maehelpers/pretrain.py", "if key in ckpt and ckpt[key] != run[key]:", "if False:",
+                      "tests/test_fresh_numbers.py"),
+    "bf16_everywhere": ("maehelpers/pretrain.py", "return torch.bfloat16 if major >= 8 else torch.float16",
+                        "return torch.bfloat16", "tests/test_fresh_numbers.py"),
+    "losses_under_autocast": ("maehelpers/losses.py", "with torch.autocast(imgs.device.type, enabled=False):",
+                              "if True:", "tests/test_fresh_numbers.py"),
+    "lock_ignored": ("maehelpers/runs.py", "if other.get(\"host\") == me[\"host\"] and not _pid_alive",
+                     "if True or not _pid_alive", "tests/test_fresh_numbers.py"),
+    "warmup_truncated": ("maehelpers/pretrain.py", "warmup_steps = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch",
+                         "warmup_steps = t.epochs * steps_per_epoch, int(t.warmup_epochs * steps_per_epoch)",
+                         "tests/test_fresh_numbers.py"),
+    "curves_total_loss": ("maehelpers/viz.py", 'axes[0].plot(steps, [r[SHARED_TERM] for r in rows]',
+                          'axes[0].plot(steps, [r["loss"] for r in rows]', "tests/test_fresh_numbers.py"),
+    "missing_bar_zero": ("maehelpers/viz.py", "vals = [math.nan if r.get(metric) is None else r[metric] for r in rows]",
+                         "vals = [r.get(metric) or 0.0 for r in rows]", "tests/test_fresh_numbers.py"),
+    "mean_pool_with_cls": ("maehelpers/model.py", "return x[:, 1:].mean(dim=1)", "return x.mean(dim=1)",
+                           "tests/test_fresh_numbers.py"),
+    "laplacian_form_ignored": ("maehelpers/losses.py", 'if form == "replicate":', "if False:",
+                               "tests/test_losses_schedules.py"),
+    "random_ratio_fixed": ("maehelpers/masking.py", "return start + (end - start) * u", "return end",
+                           "tests/test_losses_schedules.py"),
+    "lowpass_ignored": ("maehelpers/losses.py", "target = model.target(gaussian_blur(imgs.float(), variant.target_blur))",
+                        "target = model.target(imgs.float())", "tests/test_losses_schedules.py"),
+    # the model
+    "encoder_no_pos_embed": ("maehelpers/model.py", "        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]\n"
+                             "        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)",
+                             "        x = self.patch_embed(imgs)\n"
+                             "        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)",
+                             "tests/test_behaviour.py"),
+    "decoder_not_unshuffled": ("maehelpers/model.py",
+                               "x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))",
+                               "x_ = x_", "tests/test_behaviour.py"),
+    "decoder_no_pos_embed": ("maehelpers/model.py", "x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed",
+                             "x = torch.cat([x[:, :1, :], x_], dim=1)", "tests/test_behaviour.py"),
+    "sincos_h_first": ("maehelpers/model.py", "emb = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)",
+                       "emb = torch.cat([sincos_1d(embed_dim // 2, rows), sincos_1d(embed_dim // 2, cols)], dim=1)",
+                       "tests/test_model.py"),
+    "interpolation_transposed": ("maehelpers/model.py", "grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim)",
+                                 "grid = grid.permute(0, 3, 2, 1).reshape(1, new * new, dim)", "tests/test_behaviour.py"),
+    # losses and schedules
+    "mse_on_all_patches": ("maehelpers/losses.py", "return masked_mean(((pred - target) ** 2).mean(dim=-1), mask)",
+                           "return ((pred - target) ** 2).mean()", "tests/test_losses_schedules.py"),
+    "uniformity_unnormalised": ("maehelpers/losses.py", "    z = F.normalize(features.float(), dim=-1)\n    return torch.pdist",
+                                "    z = features.float()\n    return torch.pdist", "tests/test_losses_schedules.py"),
+    "schedule_ignores_frac": ("maehelpers/masking.py", "def linear(progress: float, start: float, end: float, frac: float) -> float:\n"
+                              "    t = min(progress / frac, 1.0) if frac > 0 else 1.0",
+                              "def linear(progress: float, start: float, end: float, frac: float) -> float:\n"
+                              "    t = progress", "tests/test_losses_schedules.py"),
+    # the training loop
+    "lr_never_set": ("maehelpers/pretrain.py", '        group["lr"] = lr\n', "        pass\n", "tests/test_behaviour.py"),
+    "ratio_not_used": ("maehelpers/pretrain.py", "loss, parts, _, _ = pretrain_loss(model, imgs, ratio, cfg.variant, noise)",
+                       "loss, parts, _, _ = pretrain_loss(model, imgs, 0.75, cfg.variant, noise)", "tests/test_behaviour.py"),
+    "same_noise_every_step": ("maehelpers/pretrain.py", "g = step_generator(cfg.seed, state.step, device)",
+                              "g = step_generator(cfg.seed, 0, device)", "tests/test_behaviour.py"),
+    # data
+    "crop_is_whole_image": ("maehelpers/data.py", "theta[:, 0, 0], theta[:, 0, 2] = w * flip, 2 * cx - 1",
+                            "theta[:, 0, 0], theta[:, 0, 2] = flip, 0.0", "tests/test_behaviour.py"),
+    # evaluation and metrics
+    "knn_dot_product": ("maehelpers/evaluate.py", "    train_x = F.normalize(train_x.float(), dim=1)\n",
+                        "    train_x = train_x.float()\n", "tests/test_evaluate.py"),
+    "layer_decay_off_by_one": ("maehelpers/evaluate.py", '"lr_scale": layer_decay ** (num_layers - layer)}',
+                               '"lr_scale": layer_decay ** (num_layers - layer + 1)}', "tests/test_behaviour.py"),
+    "features_from_random_init": ("maehelpers/evaluate.py", "    model, cfg = load_encoder(enc_path)\n    feats = extract_features",
+                                  "    model, cfg = load_encoder(enc_path)\n    model = build_model(cfg)\n    feats = extract_features",
+                                  "tests/test_behaviour.py"),
+    "psnr_ignores_mask": ("maehelpers/metrics.py", "mse = se / pixel_mask.flatten(1).sum(1).clamp_min(1)",
+                          "mse = ((pred - target) ** 2).flatten(1).mean(1)", "tests/test_evaluate.py"),
+    "denorm_without_std": ("maehelpers/metrics.py", "pred = pred * (var + 1.0e-6) ** 0.5 + mean", "pred = pred + mean",
+                           "tests/test_behaviour.py"),
+}
+
+
+def run_pytest(copy: Path, targets, timeout: int) -> bool:
+    """True when the tests fail (the mutation is killed)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *targets]
+    env = {**os.environ, "PYTHONPATH": str(copy)}  # the copy's package, not an installed one
+    try:
+        out = subprocess.run(cmd, cwd=copy, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return True
+    return out.returncode != 0
+
+
+def check(name: str, copy: Path, timeout: int) -> tuple[str, float]:
+    path, old, new, first = MUTATIONS[name]
+    source = (ROOT / path).read_text()
+    if source.count(old) != 1:
+        return f"STALE (the text to mutate occurs {source.count(old)} times in {path})", 0.0
+    (copy / path).write_text(source.replace(old, new))
+    t0 = time.time()
+    try:
+        if run_pytest(copy, [first], timeout):
+            return f"killed by {first}", time.time() - t0
+        fast = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_*.py"))
+                if str(p.relative_to(ROOT)) not in SLOW]
+        return ("killed by the fast suite" if run_pytest(copy, fast, timeout) else "SURVIVED"), time.time() - t0
+    finally:
+        (copy / path).write_text(source)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=list(MUTATIONS))
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per pytest call")
+    args = p.parse_args(argv)
+    if args.list:
+        for name, (path, old, new, _) in MUTATIONS.items():
+            print(f"{name:28s} {path}: {old!r} -> {new!r}")
+        return 0
+    survivors = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "runs", "data", "*.egg-info", "__pycache__"))
+        for name in args.only or MUTATIONS:
+            verdict, seconds = check(name, copy, args.timeout)
+            print(f"{name:28s} {verdict} ({seconds:.0f} s)", flush=True)
+            if not verdict.startswith("killed"):
+                survivors.append(name)
+    print(f"{len(survivors)} of {len(args.only or MUTATIONS)} not killed: {', '.join(survivors) or 'none'}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
