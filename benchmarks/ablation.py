@@ -3,8 +3,11 @@
     python benchmarks/ablation.py run --stage dose            # every arm, seed 0 (about 1.5 h on 2 cores)
     python benchmarks/ablation.py run --stage confirm         # 3 seeds for arms within 1 point of the best
     python benchmarks/ablation.py run --stage power           # seeds 0-9 for original and the best two arms
+    python benchmarks/ablation.py run --stage ft              # fine-tuning: original, best arm, scratch; 3 seeds
+    python benchmarks/ablation.py run --stage budget          # original and best arm at 4x and 8x the steps
     python benchmarks/ablation.py run --arms original uniformity --seeds 0 1 2 --steps 2000
     python benchmarks/ablation.py report                      # tables and plot from the records
+    python benchmarks/ablation.py run --device cuda --preset ablation_gpu --steps 23400 --arms original ...
 
 Every run appends one JSON line to benchmarks/results/ablation_runs.jsonl (arm, variant, overrides,
 seed, steps, probe and k-NN top-1 on cls and mean-pooled features, fine-tuning top-1 or null,
@@ -38,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maehelpers.config import make_config, to_dict  # noqa: E402
-from maehelpers.data import FASHION_SYSTEM_DIR, prepare  # noqa: E402
-from maehelpers.evaluate import (evaluate_run, knn_top1, linear_probe, load_eval_data, make_scratch_run,  # noqa: E402
+from maehelpers.data import FASHION_SYSTEM_DIR  # noqa: E402
+from maehelpers.evaluate import (evaluate_run, load_eval_data, make_scratch_run, raw_pixel_baseline,  # noqa: E402
                                  recon_run)
 from maehelpers.pretrain import cpu_name, pretrain  # noqa: E402
 from maehelpers.runs import git_commit, read_jsonl, read_results, save_json  # noqa: E402
@@ -127,43 +130,40 @@ def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
         overrides = ARMS[arm][1]
         with LoadMonitor() as monitor:
             if read_results(run).get("status") != "done":
-                pretrain(cfg, run, data_root=args.data_root, progress=not args.quiet)
+                pretrain(cfg, run, data_root=args.data_root, progress=not args.quiet, device=args.device)
         load = monitor.samples
-        recon_run(run, data[1])
+        recon_run(run, data[1], args.device)
     t0 = time.time()
     res = evaluate_run(run, args.data_root, ("lp", "knn") + (("ft",) if args.ft else ()), data=data,
-                       progress=False, overrides={"eval.pool": "mean"})
+                       device=args.device, progress=False, overrides={"eval.pool": "mean"})
     return {"arm": arm, "variant": cfg.variant.name, "overrides": overrides, "seed": seed, "steps": steps,
             **{m: res.get(m) for m in METRICS}, "ft_recipe": (res.get("ft") or {}).get("recipe"),
-            "eval_time_s": round(time.time() - t0, 1), **_provenance(load)}
+            "eval_time_s": round(time.time() - t0, 1), **_provenance(load, args.device)}
 
 
 def raw_pixel_record(args, steps: int, data) -> dict:
     """Linear probe and k-NN on the normalised pixels themselves (the same value under both pools)."""
-    cfg = arm_config("original", args, 0, steps)
-    train, test = data
-    tr, te = prepare(train.images, cfg.model.img_size).flatten(1), prepare(test.images, cfg.model.img_size).flatten(1)
-    e = cfg.eval
-    lp = linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, 0, progress=False)["top1"]
-    knn = knn_top1(tr, train.labels, te, test.labels, e.knn_k, e.knn_t)
+    raw = raw_pixel_baseline(arm_config("original", args, 0, steps), *data)
     return {"arm": "raw_pixels", "variant": None, "overrides": {}, "seed": 0, "steps": steps,
-            **{m: None for m in METRICS}, "lp_top1_mean": lp, "lp_top1_cls": lp, "knn_top1_mean": knn,
-            "knn_top1_cls": knn, **_provenance([os.getloadavg()[0]])}
+            **{m: None for m in METRICS}, "lp_top1_mean": raw["lp_top1"], "lp_top1_cls": raw["lp_top1"],
+            "knn_top1_mean": raw["knn_top1"], "knn_top1_cls": raw["knn_top1"], **_provenance([os.getloadavg()[0]])}
 
 
-def _provenance(load) -> dict:
+def _provenance(load, device: str = "cpu") -> dict:
     threads = torch.get_num_threads()
+    machine = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
     return {"threads": threads, "load_max": round(max(load), 2), "under_load": max(load) > threads + 0.75,
-            "machine": cpu_name(), "torch": torch.__version__, "git_commit": git_commit(),
+            "device": device, "machine": machine, "torch": torch.__version__, "git_commit": git_commit(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
 # ----------------------------------------------------------------------------- records
-def read_records(path=None, dataset: str | None = None) -> dict:
-    """{(arm, seed, steps): record}, later lines filling in or replacing earlier values."""
+def read_records(path=None, dataset: str | None = None, preset: str | None = None) -> dict:
+    """{(arm, seed, steps): record} of one dataset and preset, later lines filling in or replacing
+    earlier values."""
     merged = {}
     for r in read_jsonl(path or RESULTS / "ablation_runs.jsonl"):
-        if dataset and r.get("dataset", "fashion_mnist") != dataset:
+        if (dataset and r.get("dataset") != dataset) or (preset and r.get("preset") != preset):
             continue
         key = (r["arm"], r["seed"], r["steps"])
         merged[key] = {**merged.get(key, {}), **{k: v for k, v in r.items() if v is not None}}
@@ -191,6 +191,11 @@ def plan(args, records) -> list[tuple]:
             todo = [(a, s, steps) for s in (0, 1, 2) for a in arms]
         elif args.stage == "power":
             todo = [(a, s, steps) for s in range(10) for a in ["original"] + [a for a, _ in best[:2]]]
+        elif args.stage == "ft":  # fine-tuning: original, the best arm and the random encoder (scratch recipe)
+            args.ft = True
+            todo = [(a, s, steps) for s in (0, 1, 2) for a in ["original", best[0][0], "random"]]
+        elif args.stage == "budget":  # does the gap grow with training? original and the best arm
+            todo = [(a, s, n * steps) for n in (4, 8) for s in (0, 1) for a in ["original", best[0][0]]]
         else:
             raise ValueError(f"unknown stage {args.stage!r}")
     want_ft = args.ft
@@ -209,7 +214,7 @@ def ranked_arms(records, steps) -> list[tuple]:
 
 def run_stage(args) -> None:
     out = Path(args.records)
-    records = read_records(out, args.dataset)
+    records = read_records(out, args.dataset, args.preset)
     todo = plan(args, records)
     print(f"{len(todo)} runs to do: {', '.join(f'{a}/s{s}/{st}' for a, s, st in todo)}", flush=True)
     start, took = time.time(), []
@@ -344,9 +349,9 @@ def plot(rows, path, steps: int) -> None:
 
 
 def report(args) -> Path:
-    records = read_records(Path(args.records), args.dataset)
+    records = read_records(Path(args.records), args.dataset, args.preset)
     rows = summarise(records)
-    stem = Path(args.out) / f"ablation_{args.dataset}"
+    stem = Path(args.out) / f"ablation_{args.dataset}{'' if args.preset == 'ablation' else '_' + args.preset}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     steps = sorted({r["steps"] for r in rows if r["steps"]})
     config = arm_config("original", args, 0, steps[0] if steps else 500)
@@ -363,13 +368,14 @@ def report(args) -> Path:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=("run", "report"))
-    p.add_argument("--stage", default="dose", help="dose | confirm | power (ignored with --arms)")
+    p.add_argument("--stage", default="dose", help="dose | confirm | power | ft | budget (ignored with --arms)")
     p.add_argument("--arms", nargs="+", choices=list(ARMS) + list(BASELINES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=500, help="pretraining steps (a multiple of an epoch: 125 in ablation)")
     p.add_argument("--ft", action="store_true", help="also fine-tune (scratch recipe for the random arm)")
     p.add_argument("--budget-minutes", type=float, default=0, help="stop before a run that would not fit")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu (deterministic records) or cuda (with --preset ablation_gpu)")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--preset", default="ablation")
     p.add_argument("--data-root", default=str(ROOT / "data"))

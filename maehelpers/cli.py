@@ -66,7 +66,7 @@ def run_command(args) -> None:
     from .runner import preflight, run_series
     data_root, runs_root = Path(args.data_root).resolve(), Path(args.runs_root).resolve()
     make_config("original", args.preset, args.dataset)  # unknown names fail here, before any work
-    preflight(args.dataset, data_root)
+    preflight(args.dataset, data_root, args.preset, None if args.device == "auto" else args.device.startswith("cuda"))
     params = {"dataset": args.dataset, "preset": args.preset, "data_root": str(data_root),
               "runs_root": str(runs_root), "seed": args.seed, "device": args.device}
     params.update({k: literal(v) for k, v in args.parameter})

@@ -131,6 +131,12 @@ PRESETS = {
                      train=TrainConfig(epochs=4, batch_size=128, blr=1e-3, warmup_epochs=0.2, max_images=16000),
                      eval=EvalConfig(batch_size=256, lp_epochs=30, max_train=5000, max_test=5000, recon_images=256,
                                      ft_epochs=2)),
+    # the same study sized for one GPU: the ablation model on all 60,000 Fashion-MNIST training images,
+    # 100 epochs of batch 256 (23,400 steps); probes on the full train / test splits
+    "ablation_gpu": dict(model=ModelConfig(img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4,
+                                           decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4),
+                         train=TrainConfig(epochs=100, batch_size=256, blr=1e-3, warmup_epochs=5, max_images=60000),
+                         eval=EvalConfig(batch_size=512, lp_epochs=50, recon_images=1024, ft_epochs=20)),
     # tiny model and data so that a whole pipeline finishes in seconds on 2 CPU cores (tests, CI)
     "smoke": dict(model=_SMOKE_MODEL,
                   train=TrainConfig(epochs=2, batch_size=16, blr=1.5e-3, warmup_epochs=1, max_images=128),

@@ -90,7 +90,9 @@ def cached_features(run_dir, data: ImageSet, split: str, batch_size: int = 128, 
 # ----------------------------------------------------------------------------- linear probe, k-NN
 def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 90, batch_size: int = 128, lr: float = 1e-3,
                  seed: int = 0, device=None, progress: bool = True) -> dict:
-    """Train BN + Linear on frozen features; top-1 (%) on the test features at the last epoch."""
+    """Train BN + Linear on frozen features; top-1 (%) on the test features at the last epoch.
+    `curve` records, per epoch, the mean training loss and the test top-1 (for the picture only:
+    the reported top-1 is the last epoch's, never the best one)."""
     device = pick_device(device)
     torch.manual_seed(seed)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
@@ -102,9 +104,10 @@ def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 90, batch_size:
     x, y = train_x.to(device), train_y.to(device)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total, warmup = epochs * steps_per_epoch, int(0.1 * epochs) * steps_per_epoch
-    g, step = torch.Generator().manual_seed(seed), 0
-    for _ in tqdm(range(epochs), desc="linear probe", disable=not progress, leave=False):
+    g, step, curve = torch.Generator().manual_seed(seed), 0, []
+    for epoch in tqdm(range(epochs), desc="linear probe", disable=not progress, leave=False):
         probe.train()
+        losses = []
         for idx in torch.randperm(len(x), generator=g).split(batch_size):
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
@@ -115,12 +118,16 @@ def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 90, batch_size:
             loss.backward()
             opt.step()
             step += 1
+            losses.append(loss.item())
+        curve.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
+                      "test_top1": _accuracy(probe, test_x, test_y, device)})
+    return {"top1": curve[-1]["test_top1"], "train_top1": _accuracy(probe, x, train_y, device), "curve": curve}
+
+
+@torch.no_grad()
+def _accuracy(probe, x, y, device) -> float:
     probe.eval()
-    with torch.no_grad():
-        test_pred = probe(test_x.to(device)).argmax(1).cpu()
-        train_pred = probe(x).argmax(1).cpu()
-    return {"top1": 100.0 * (test_pred == test_y).float().mean().item(),
-            "train_top1": 100.0 * (train_pred == train_y).float().mean().item()}
+    return 100.0 * (probe(x.to(device)).argmax(1).cpu() == y).float().mean().item()
 
 
 @torch.no_grad()
@@ -139,6 +146,16 @@ def knn_predict(train_x, train_y, test_x, k: int = 20, t: float = 0.07, chunk: i
 
 def knn_top1(train_x, train_y, test_x, test_y, k: int = 20, t: float = 0.07) -> float:
     return 100.0 * (knn_predict(train_x, train_y, test_x, k, t) == test_y).float().mean().item()
+
+
+def raw_pixel_baseline(cfg: PretrainConfig, train: ImageSet, test: ImageSet, seed: int = 0) -> dict:
+    """Linear probe and k-NN on the normalised pixels themselves, with the run's eval settings:
+    what an encoder must beat to be worth its features."""
+    size, e = cfg.model.img_size, cfg.eval
+    tr, te = prepare(train.images, size).flatten(1), prepare(test.images, size).flatten(1)
+    lp = linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, seed, progress=False)
+    return {"lp_top1": lp["top1"], "knn_top1": knn_top1(tr, train.labels, te, test.labels, e.knn_k, e.knn_t),
+            "lp_curve": lp["curve"]}
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -196,13 +213,15 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
     criterion = nn.CrossEntropyLoss(label_smoothing=e.ft_label_smoothing)
     steps_per_epoch = len(train) // e.batch_size or 1
     total, warmup = e.ft_epochs * steps_per_epoch, e.ft_warmup_epochs * steps_per_epoch
-    t0, step, loss_sum = time.perf_counter(), 0, 0.0
+    t0, step = time.perf_counter(), 0
     order_g = torch.Generator().manual_seed(seed)
     bar = tqdm(total=total, desc="fine-tune" if encoder_state is not None else "fine-tune (scratch)",
                disable=not progress, leave=False)
+    curve = []
     for epoch in range(e.ft_epochs):
         model.train()
         order = torch.randperm(len(train), generator=order_g)
+        epoch_sum = 0.0
         for i in range(steps_per_epoch):
             idx = order[i * e.batch_size:(i + 1) * e.batch_size]
             x = augment(train.images[idx], cfg.model.img_size, e.ft_crop_scale,
@@ -218,13 +237,14 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            step, loss_sum = step + 1, loss_sum + loss.item()
+            step, epoch_sum = step + 1, epoch_sum + loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        curve.append({"epoch": epoch + 1, "train_loss": epoch_sum / steps_per_epoch})
     bar.close()
     top1 = classify(model, test.images, test.labels, cfg.model.img_size, e.batch_size, device)
     return {"top1": top1, "epochs": e.ft_epochs, "steps": total, "layer_decay": layer_decay,
-            "final_train_loss": loss_sum / max(step, 1) if total else None,
+            "final_train_loss": curve[-1]["train_loss"], "curve": curve,
             "time_s": round(time.perf_counter() - t0, 2)}, model
 
 

@@ -28,20 +28,36 @@ def project_root() -> Path:
     return cwd
 
 
-def setup(data_root="data", runs_root="runs", use_drive: bool = False, device: str = "auto") -> Paths:
-    """Resolve folders (relative ones against the repository root) and the device. In Colab with
-    use_drive, runs go to Google Drive so that a killed session resumes where it stopped."""
+DRIVE_MOUNT = Path("/content/drive")
+DRIVE_HOME = Path("/content/drive/MyDrive/maehelpers")  # where Colab keeps data and runs across runtimes
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def setup(data_root="data", runs_root="runs", use_drive: bool | None = None, device: str = "auto") -> Paths:
+    """Resolve folders and the device. Relative folders are taken against the repository root, or,
+    in Colab with use_drive (the default there: None means 'in Colab'), against Google Drive's
+    MyDrive/maehelpers/, so that runs and the downloaded dataset outlive the runtime: every notebook
+    runs in a runtime of its own, and a disconnected one resumes where it stopped."""
     base = project_root()
     data_root, runs_root = Path(data_root), Path(runs_root)
-    if use_drive and "google.colab" in sys.modules:
-        from google.colab import drive  # noqa: F401 (Colab only)
-        drive.mount("/content/drive")
-        runs_root = Path("/content/drive/MyDrive") / runs_root.name
+    if use_drive is None:
+        use_drive = in_colab()
+    if use_drive and in_colab():
+        from google.colab import drive  # Colab only
+        drive.mount(str(DRIVE_MOUNT))
+        base = DRIVE_HOME
+    elif use_drive:
+        print(f"use_drive applies in Colab only; here runs and data stay under {base}")
     data_root = data_root if data_root.is_absolute() else base / data_root
     runs_root = runs_root if runs_root.is_absolute() else base / runs_root
     runs_root.mkdir(parents=True, exist_ok=True)
     dev = str(pick_device(device))
     print(f"data: {data_root}\nruns: {runs_root}\ndevice: {dev}")
+    if dev == "cpu" and in_colab():
+        print("No GPU in this runtime: Runtime > Change runtime type > T4 GPU makes pretraining ~50x faster.")
     return Paths(data_root, runs_root, runs_root / "compare", dev)
 
 
@@ -71,6 +87,33 @@ def pretrain_variant(cfg, paths: Paths, force: bool = False) -> dict:
     return pretrain(cfg, run_dir, data_root=paths.data_root, resume=True, device=paths.device)
 
 
+def explain(cfg, paths: Paths, index: int = 0) -> dict:
+    """Notebooks 01/02 before training: one real image through an untrained MAE of this config,
+    shapes printed and every step drawn; then what this variant changes against the paper's MAE."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .data import load_dataset, prepare
+    from .explain import describe, draw_variant_changes, draw_walkthrough, walkthrough
+    from .pretrain import build_model
+    images = load_dataset(cfg.dataset, "pretrain", paths.data_root, max_images=64).images
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).eval()
+    steps = walkthrough(model, images[index], cfg.model.img_size, cfg.variant.mask_ratio, cfg.seed)
+    print(describe(steps))
+    draw_walkthrough(model, steps)
+    with torch.no_grad():
+        features = model.forward_features(prepare(images, cfg.model.img_size), cfg.variant.uniformity_features)
+    draw_variant_changes(cfg, images[index], features)
+    plt.show()
+    return steps
+
+
+def list_runs(paths: Paths) -> list[str]:
+    """The run folders that hold an encoder (nothing is created)."""
+    return [r.name for r in find_runs(paths.runs_root) if r.name != "compare"]
+
+
 def pretrained_runs(paths: Paths, with_scratch: bool = True) -> list[Path]:
     """The pretrained run folders, plus the scratch (random encoder) baseline made from the first."""
     runs = [r for r in find_runs(paths.runs_root) if r.name not in ("scratch", "compare")]
@@ -83,8 +126,9 @@ def pretrained_runs(paths: Paths, with_scratch: bool = True) -> list[Path]:
 
 
 def evaluate_all(paths: Paths, steps, force: bool = False, **eval_settings) -> str:
-    """Run the evaluation `steps` on every run (the data is loaded once); returns a markdown table.
-    eval_settings: EvalConfig fields to change (None keeps the run's own), e.g. lp_epochs=10."""
+    """Run the evaluation `steps` on every run and the random-encoder baseline (the data is loaded
+    once), and for probe / k-NN also on raw pixels; returns a markdown table, cls and mean features
+    side by side. eval_settings: EvalConfig fields to change (None keeps the run's own)."""
     runs = pretrained_runs(paths)
     changes = {f"eval.{k}": v for k, v in eval_settings.items() if v is not None}
     cfg = apply_overrides(run_config(runs[0]), changes)
@@ -94,7 +138,59 @@ def evaluate_all(paths: Paths, steps, force: bool = False, **eval_settings) -> s
         evaluate_run(run, paths.data_root, steps, data=data, device=paths.device, force=force, overrides=changes)
     rows = compare_runs(runs, paths.compare)
     keys = {"lp": ["lp_top1_cls", "lp_top1_mean"], "knn": ["knn_top1_cls", "knn_top1_mean"], "ft": ["ft_top1", "ft_recipe"]}
+    if {"lp", "knn"} & set(steps):
+        raw = raw_pixels(cfg, data, paths.compare, force)
+        rows.append({"variant": "raw pixels", "seeds": [], **{f"{m}_top1_{p}": raw[f"{m}_top1"]
+                                                               for m in ("lp", "knn") for p in ("cls", "mean")}})
     return markdown_table(rows, ["variant", "seeds"] + [k for s in steps for k in keys[s]])
+
+
+def raw_pixels(cfg, data, out_dir: Path, force: bool = False) -> dict:
+    """The raw-pixel baseline for these images and eval settings, cached in out_dir/raw_pixels.json."""
+    from .evaluate import data_key, raw_pixel_baseline
+    from .runs import save_json
+    import json
+    e = cfg.eval
+    key = {"data": data_key(data[0]) + data_key(data[1]), "img_size": cfg.model.img_size, "lp_epochs": e.lp_epochs,
+           "batch_size": e.batch_size, "lr": e.lp_lr, "k": e.knn_k, "t": e.knn_t}
+    path = out_dir / "raw_pixels.json"
+    if path.exists() and not force and json.loads(path.read_text()).get("key") == key:
+        return json.loads(path.read_text())
+    result = {**raw_pixel_baseline(cfg, *data), "key": key}
+    save_json(result, path)
+    return result
+
+
+def show_probe_curves(paths: Paths, pool: str = "cls"):
+    """Linear-probe training curves of every run (the reported top-1 is the last epoch's)."""
+    from .viz import draw_eval_curves
+    return draw_eval_curves({r.name: read_results(r) for r in pretrained_runs(paths, False) + _scratch(paths)},
+                            "lp", pool)
+
+
+def show_ft_curves(paths: Paths):
+    """Fine-tuning training loss per epoch, pretrained runs next to the scratch baseline."""
+    from .viz import draw_eval_curves
+    return draw_eval_curves({r.name: read_results(r) for r in pretrained_runs(paths, False) + _scratch(paths)}, "ft")
+
+
+def _scratch(paths: Paths) -> list[Path]:
+    return [paths.runs_root / "scratch"] if (paths.runs_root / "scratch" / "results.json").exists() else []
+
+
+def show_neighbours(paths: Paths, n_queries: int = 4, k: int = 6, pool: str = "mean"):
+    """For each run, a few test images and their nearest training images under its features."""
+    from .evaluate import cached_features
+    from .viz import draw_neighbours
+    runs = pretrained_runs(paths)
+    train, test = load_eval_data(run_config(runs[0]), paths.data_root)
+    figs = []
+    for run in runs:
+        tr = cached_features(run, train, "train", device=paths.device, progress=False)[pool]
+        te = cached_features(run, test, "test", device=paths.device, progress=False)[pool]
+        figs.append(draw_neighbours(tr, train, te, test, n_queries, k, f"{run.name}: nearest training images "
+                                                                        f"({pool} features, cosine)"))
+    return figs
 
 
 def show_table(markdown: str) -> None:
@@ -105,7 +201,8 @@ def show_table(markdown: str) -> None:
         print(markdown)
 
 
-def visualize_all(paths: Paths, n_images: int = 6, mask_ratio: float = 0.75, seed: int = 0) -> dict:
+def visualize_all(paths: Paths, n_images: int = 6, mask_ratio: float = 0.75, seed: int = 0,
+                  force: bool = False) -> dict:
     """Masked PSNR / HF error for every pretrained run, then runs/compare/: recon_grid.png (same
     masks for all models), curves.png, results.png and the comparison table. Returns the models
     and test images (for the inspector) and the table."""
@@ -116,7 +213,7 @@ def visualize_all(paths: Paths, n_images: int = 6, mask_ratio: float = 0.75, see
     cfg = run_config(pretrained[0])
     _, test = load_eval_data(cfg, paths.data_root)
     for run in pretrained:
-        recon_run(run, test, paths.device)
+        recon_run(run, test, paths.device, force=force)
     models = {r.name: load_mae(r)[0].to(paths.device) for r in pretrained}
     images = test.images[:n_images]
     recon_grid(models, images, cfg.model.img_size, paths.compare / "recon_grid.png", mask_ratio, seed)

@@ -236,6 +236,21 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
         return _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch)
 
 
+ETA_STEPS = 5  # steps measured before the expected duration is printed
+
+
+def eta_message(seconds_per_step: float, remaining: int, device: torch.device, preset: str) -> str:
+    """The expected duration of the rest of a run, from the steps measured so far."""
+    total = seconds_per_step * remaining
+    h, m = divmod(round(total / 60), 60)
+    text = (f"measured {seconds_per_step:.2f} s/step over the first {ETA_STEPS} steps: the remaining {remaining} "
+            f"steps take about {f'{h} h {m} min' if h else f'{max(m, 1)} min'}")
+    if device.type == "cpu" and preset == "paper" and total > 3600:
+        text += (". The 'paper' preset (224 px) is meant for a GPU; on a CPU use preset 'fast' (96 px, ~5x cheaper) "
+                 "or 'smoke' to check the set-up")
+    return text
+
+
 def resident(images, device: torch.device, limit_bytes: int = 2 << 30):
     """A dataset small enough (Fashion-MNIST, CIFAR-10) lives on the GPU, so no step waits for a copy."""
     if device.type == "cuda" and images.numel() * images.element_size() <= limit_bytes:
@@ -290,7 +305,7 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     every = t.log_every or (1 if device.type == "cpu" else 25)
     log = _StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None)
     images = resident(data.images, device)
-    order = None
+    order, first_step = None, state.step
     try:
         with deferred_sigint() as sigint:
             while state.step < end_step:
@@ -307,6 +322,9 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                 lr = lr_at(state.step, total_steps, warmup_steps, t.lr, t.min_lr)
                 loss, parts = _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype, log, state.step)
                 state.step += 1
+                if progress and state.step - first_step == ETA_STEPS and end_step > state.step:
+                    log.flush()  # the device catches up, so the time is real
+                    print(eta_message((time.perf_counter() - t0) / ETA_STEPS, end_step - state.step, device, cfg.preset))
                 log.add({"step": state.step, "epoch": epoch + 1, "lr": lr, "mask_ratio": ratio}, loss, parts)
                 if state.step % steps_per_epoch == 0:
                     log.end_epoch(state.step, epoch + 1, elapsed())

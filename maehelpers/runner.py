@@ -44,8 +44,17 @@ def _reachable(host: str, port: int = 80, timeout: float = 3.0) -> bool:
         return False
 
 
-def preflight(dataset: str, data_root) -> None:
-    """Fail at once, before any work, when STL-10 is neither on disk nor downloadable."""
+def preflight(dataset: str, data_root, preset: str = "", cuda: bool | None = None) -> None:
+    """Fail at once, before any work, when STL-10 is neither on disk nor downloadable; say plainly
+    when the chosen preset is meant for a GPU and there is none."""
+    if cuda is None:
+        import torch
+        cuda = torch.cuda.is_available()
+    if preset == "paper" and not cuda:
+        print("note: no GPU here. The 'paper' preset (224 px, 10 epochs, two variants) took about 70 minutes per "
+              "epoch per variant on the 2-core CPU this project is developed on, so about a day in all; "
+              "--preset fast (96 px) is ~5x cheaper, and a GPU runtime is far faster. Each pretraining prints "
+              "its measured duration after five steps.", flush=True)
     if dataset != "stl10":
         return
     folder = Path(data_root) / "stl10_binary"
@@ -71,9 +80,11 @@ def run_series(parameters: dict, only: str | None = None, runs_root="runs", prog
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in chosen:
         out = out_dir / f"{name}.ipynb"
+        declared = pm.inspect_notebook(str(src / f"{name}.ipynb"))  # each notebook gets only what it uses
         print(f"== {name}", flush=True)
         try:
-            pm.execute_notebook(str(src / f"{name}.ipynb"), str(out), parameters=parameters,
+            pm.execute_notebook(str(src / f"{name}.ipynb"), str(out),
+                                parameters={k: v for k, v in parameters.items() if k in declared},
                                 cwd=str(src.parent), progress_bar=progress, log_output=False)
         except pm.PapermillExecutionError as e:
             raise SeriesError(f"{name}.ipynb failed in cell {e.cell_index} (execution count {e.exec_count}): "

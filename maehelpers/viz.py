@@ -145,3 +145,54 @@ def show_images(images_u8, labels=None, classes=None, n: int = 16):
             ax.set_title(classes[int(labels[i])], fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def draw_eval_curves(results: dict, kind: str = "lp", pool: str = "cls"):
+    """Training curves of an evaluation per run. kind 'lp': probe training loss and test top-1 per
+    epoch (the reported top-1 is the last epoch's); kind 'ft': fine-tuning training loss per epoch,
+    pretrained runs next to the scratch baseline. results: {run name: results.json dict}."""
+    fig, axes = plt.subplots(1, 2 if kind == "lp" else 1, figsize=(9 if kind == "lp" else 5, 3), dpi=DPI,
+                             squeeze=False)
+    axes = axes[0]
+    for name, res in results.items():
+        entry = res.get(kind) or {}
+        curve = (entry.get(pool) or {}).get("curve") if kind == "lp" else entry.get("curve")
+        if not curve:
+            continue
+        epochs = [c["epoch"] for c in curve]
+        style = "--" if name == "scratch" else "-"
+        axes[0].plot(epochs, [c["train_loss"] for c in curve], style, label=name, lw=1.2)
+        if kind == "lp":
+            axes[1].plot(epochs, [c["test_top1"] for c in curve], style, label=name, lw=1.2)
+    axes[0].set(xlabel="epoch", ylabel="training loss")
+    axes[0].set_title("linear probe" if kind == "lp" else "fine-tuning (scratch: dashed, no layer decay)", fontsize=9)
+    if kind == "lp":
+        axes[1].set(xlabel="epoch", ylabel="test top-1 (%)")
+        axes[1].set_title(f"{pool} features; reported: the last epoch", fontsize=9)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def draw_neighbours(train_feats, train, test_feats, test, n_queries: int = 4, k: int = 6, title: str = ""):
+    """For a few test images, their k nearest training images by cosine similarity of the features
+    (what k-NN votes with); each neighbour titled with its class, green when it matches."""
+    import torch.nn.functional as F
+    sims = F.normalize(test_feats[:n_queries].float(), dim=1) @ F.normalize(train_feats.float(), dim=1).T
+    top = sims.topk(k, dim=1)
+    fig, axes = plt.subplots(n_queries, k + 1, figsize=(1.3 * (k + 1), 1.45 * n_queries), dpi=DPI, squeeze=False)
+    name = (lambda i, labels, classes: classes[int(labels[i])] if classes else str(int(labels[i])))  # noqa: E731
+    for q in range(n_queries):
+        row = [(test.images[q], f"query: {name(q, test.labels, test.classes)}", "k")]
+        row += [(train.images[int(j)], f"{name(int(j), train.labels, train.classes)} {s:.2f}",
+                 "g" if train.labels[int(j)] == test.labels[q] else "r") for s, j in zip(top.values[q], top.indices[q])]
+        for ax, (img, label, color) in zip(axes[q], row):
+            ax.imshow(_to_hwc((img.float() / 255).expand(3, -1, -1)))
+            ax.set_title(label, fontsize=6, color=color)
+            ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title or "nearest training images (cosine similarity)", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -3,9 +3,11 @@
     python scripts/make_notebooks.py                  # write the notebooks without outputs
     python scripts/make_notebooks.py --store-outputs  # then run them on the smoke preset and keep the
                                                       # outputs of the cells tagged nbval-check-output
+    python scripts/make_notebooks.py --repo-url https://github.com/you/fork   # a fork's address, everywhere
 
-The stored outputs are what the nbval regression test compares (pytest --nbval-lax); each one is
-chosen to be independent of preset and dataset, so it holds for Colab runs as well.
+The stored outputs are what the nbval regression test compares (pytest --nbval-lax, on the smoke
+preset): the masking of the model's own code, the protocol settings, the runs found, the variant's
+definition, so a regression in any of them changes a compared output.
 """
 import argparse
 import sys
@@ -20,32 +22,63 @@ NB_DIR = ROOT / "notebooks"
 CHECK = "nbval-check-output"
 
 INSTALL = '''\
-# Set-up. In Colab, install maehelpers from the repository; locally run `pip install -e .` once.
-import importlib.util, subprocess, sys
+# Set-up. In Colab this installs maehelpers from the repository (locally: `pip install -e .` once).
+import importlib.util, pathlib, subprocess, sys
+REPO_URL = "{url}"  # written from pyproject.toml by scripts/make_notebooks.py
 if importlib.util.find_spec("maehelpers") is None:
-    REPO_URL = "https://github.com/OWNER/REPO"  # this repository's address (see README)
-    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "mae"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "mae"], check=True)
-    sys.path.insert(0, "mae")'''
+    try:
+        if not pathlib.Path("mae").exists():  # an uploaded copy of the repository as mae/ is used as is
+            subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "mae"], check=True, capture_output=True, text=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "mae"], check=True, capture_output=True, text=True)
+        sys.path.insert(0, "mae")
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"Installing maehelpers failed ({{(e.stderr or '').strip()[-300:]}}): check that {{REPO_URL}} "
+                         "is reachable, or upload a copy of the repository as the folder mae/ and run this cell again.")'''
 
-COMMON_PARAMS = '''\
-dataset = "stl10"      # stl10 | fashion_mnist | cifar10 | folder | synthetic
-preset = "paper"       # paper (224 px, as the description) | fast (96 px) | smoke (seconds; tests)
-data_root = "data"     # datasets live (or are downloaded) here
-runs_root = "runs"     # run folders: runs/<variant>/, runs/compare/
-seed = 0
-device = "auto"        # auto: CUDA when present, else CPU (mixed precision on CUDA only)
-use_drive = False      # Colab: keep runs_root on Google Drive so a killed session resumes
-force = False          # True: redo work that is already finished'''
+PARAMS = {  # name: the line of the parameters cell; each notebook declares only what it uses
+    "dataset": 'dataset = "stl10"      # stl10 | fashion_mnist | cifar10 | folder | synthetic',
+    "preset": 'preset = "paper"       # paper (224 px, as the description) | fast (96 px) | smoke (seconds; tests)',
+    "data_root": 'data_root = "data"     # datasets live (or are downloaded) here',
+    "runs_root": 'runs_root = "runs"     # run folders: runs/<variant>/, runs/compare/',
+    "seed": "seed = 0",
+    "device": 'device = "auto"        # auto: CUDA when present, else CPU (mixed precision on CUDA only)',
+    "use_drive": "use_drive = None       # None: on Google Drive in Colab (runs and data outlive the runtime), local elsewhere",
+    "force": "force = False          # True: redo work that is already finished",
+}
+DATA_PARAMS = ("dataset", "preset", "data_root", "runs_root", "seed", "device", "use_drive")
+EVAL_PARAMS = ("data_root", "runs_root", "device", "use_drive", "force")  # dataset, preset, seed: each run's own
 
 SETUP = '''\
 import maehelpers as mh
 from maehelpers import notebook as nb
-paths = nb.setup(data_root, runs_root, use_drive, device)'''
+paths = nb.setup(data_root, {runs_root}, use_drive, device)'''
 
 
-def parameters(extra=""):
-    cell = new_code_cell(COMMON_PARAMS + ("\n" + extra if extra else ""))
+URL_MARK = "@REPO_URL@"  # replaced by the address when the notebooks are built
+
+
+def repo_url() -> str:
+    """The repository's address: pyproject.toml's [project.urls] Repository, the one place it lives."""
+    for line in (ROOT / "pyproject.toml").read_text().splitlines():
+        if line.startswith("Repository"):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise SystemExit("pyproject.toml has no [project.urls] Repository line")
+
+
+def set_repo_url(url: str) -> None:
+    """Change the address in pyproject.toml and in the README's Colab links (a fork's one command)."""
+    old = repo_url()
+    for path in (ROOT / "pyproject.toml", ROOT / "README.md"):
+        text = path.read_text()
+        path.write_text(text.replace(old, url.rstrip("/")).replace(github_path(old), github_path(url)))
+
+
+def github_path(url: str) -> str:
+    return url.rstrip("/").removeprefix("https://github.com/")
+
+
+def parameters(names, extra=""):
+    cell = new_code_cell("\n".join(PARAMS[n] for n in names) + ("\n" + extra if extra else ""))
     cell.metadata["tags"] = ["parameters"]
     return cell
 
@@ -64,33 +97,48 @@ def code(text):
     return new_code_cell(text)
 
 
-def head(title, intro, extra_params=""):
-    return [md(f"# {title}\n\n{intro}"), code(INSTALL),
+def head(title, intro, names=DATA_PARAMS, extra_params=""):
+    setup = SETUP.format(runs_root="runs_root" if "runs_root" in names else '"runs"')
+    return [md(f"# {title}\n\n{intro}"), code(INSTALL.format(url=URL_MARK)),
             md("**Parameters.** Change them here, or pass them with papermill "
-               "(`python -m maehelpers run -p KEY VALUE`)."), parameters(extra_params), code(SETUP)]
+               "(`python -m maehelpers run -p KEY VALUE`)."), parameters(names, extra_params), code(setup)]
 
 
 def pretrain_notebook(variant, title, why):
-    return head(title, why, f'variant = "{variant}"\nimg_size = None      # None keeps the value of the preset\n'
-                            'epochs = None\nbatch_size = None\nmax_images = None    # use only the first N images') + [
+    return head(title, why, DATA_PARAMS + ("force",),
+                f'variant = "{variant}"\nimg_size = None      # None keeps the value of the preset\n'
+                'epochs = None\nbatch_size = None\nmax_images = None    # use only the first N images') + [
         md("## What this variant is\nThe masking schedule and loss terms that define it. Everything else "
            "(model, data, optimiser, budget) is shared by all variants."),
         check("cfg = mh.make_config(variant, preset, dataset, seed,\n"
               "                     nb.overrides(img_size, epochs, batch_size, max_images))\n"
               "nb.describe_variant(cfg)"),
-        md("## Pretrain\nAdamW (0.9, 0.95), weight decay 0.05 except biases and norms, lr = 1.5e-4 x batch / 256, "
-           "warmup then cosine. A checkpoint is written every epoch; if this cell is stopped (or Colab "
-           "disconnects) running it again resumes exactly where it stopped. A finished run is skipped."),
+        md("## MAE on one image, before training\nOne real image through this variant's model, still untrained, "
+           "step by step: the image is cut into patches (`patchify`); a random `noise` value per patch is sorted "
+           "and the patches with the smallest values stay visible; the encoder sees only those (plus a cls "
+           "token); the decoder puts a shared mask token at every removed position, adds position embeddings "
+           "and predicts every patch; the loss is the mean squared error on the REMOVED patches only. The "
+           "prediction is noise for now; 05 shows the trained one. Then: what this variant changes against "
+           "the paper's MAE (its mask ratio over training, and any extra loss term it adds)."),
+        code("steps = nb.explain(cfg, paths)"),
+        check("print(f\"{int(steps['mask'].sum())} of {steps['mask'].shape[1]} patches removed; the encoder saw \"\n"
+              "      f\"{steps['latent'].shape[1] - 1} patch tokens + cls; the loss counts removed patches only: \"\n"
+              "      f\"{bool(((steps['per_patch_loss'] * steps['mask']).sum() / steps['mask'].sum()).isclose(steps['loss']))}\")"),
+        md("## Pretrain\nAdamW (0.9, 0.95), weight decay 0.05 except biases and norms, lr = blr x batch / 256, "
+           "warmup then cosine. After five steps the measured speed gives the expected duration. A "
+           "checkpoint is written every epoch; if this cell is stopped (or Colab disconnects) running it "
+           "again resumes exactly where it stopped. A finished run is skipped."),
         code("result = nb.pretrain_variant(cfg, paths, force)\n"
-             "print({k: result.get(k) for k in ('variant', 'pretrain_time_s', 'pretrain_final_loss', 'device')})"),
-        md("## Training curves\nLoss, mask ratio and learning rate per step, from the run's log."),
-        code("from maehelpers.viz import draw_curves\ndraw_curves([paths.runs_root / variant]);"),
+             "print({k: result.get(k) for k in ('variant', 'pretrain_time_s', 'pretrain_final_loss', 'device', 'precision')})"),
+        md("## Training curves\nThe masked MSE (the term every variant shares), any extra loss terms, the mask "
+           "ratio and the learning rate per step, from the run's log."),
+        code("from maehelpers.viz import draw_curves\ndraw_curves([paths.runs_root / cfg.variant.name]);"),
         md("## What was written"),
-        code("for f in sorted((paths.runs_root / variant).iterdir()):\n    print(f.name)"),
+        code("for f in sorted((paths.runs_root / cfg.variant.name).iterdir()):\n    print(f.name)"),
         md(f"`{variant}/checkpoint_last.pt` holds the full MAE (for resuming and reconstructions), "
            "`encoder_pretrained.pt` the encoder alone (for probing and fine-tuning), `results.json` the "
-           "config, seed, device, git commit and pretraining time. Next: the other pretraining notebook, "
-           "then `03_linear_probe.ipynb`."),
+           "config, seed, device, precision, git commit and pretraining time. Next: the other pretraining "
+           "notebook, then `03_linear_probe.ipynb`."),
     ]
 
 
@@ -100,7 +148,8 @@ NOTEBOOKS = {
         "Locate (or download) the dataset, look at it, and see what the augmentation does. STL-10 has "
         "100,000 unlabeled 96x96 images for pretraining and 5,000 / 8,000 labelled ones (10 classes) for "
         "train / test. Without STL-10 files and without network, use `dataset = \"fashion_mnist\"` "
-        "(Debian: `apt-get install dataset-fashion-mnist`) or `\"synthetic\"`.") + [
+        "(Debian: `apt-get install dataset-fashion-mnist`) or `\"synthetic\"`. Nothing is written except "
+        "the dataset download.") + [
         md("## Load the three splits\nImages are kept as uint8 tensors; pretraining never sees labels."),
         code("cfg = mh.make_config('original', preset, dataset, seed)\n"
              "pretrain_set = mh.load_dataset(dataset, 'pretrain', paths.data_root, max_images=cfg.train.max_images)\n"
@@ -122,11 +171,11 @@ NOTEBOOKS = {
              "batch = augment(train.images[:1].expand(8, -1, -1, -1), cfg.model.img_size, cfg.train.crop_scale,\n"
              "                generator=torch.Generator().manual_seed(seed))\n"
              "show_images((denormalize(batch) * 255).byte(), n=8);"),
-        md("## Masking, in numbers\nAt the paper's geometry (224 px, patch 16) and ratio 0.75, the encoder "
-           "sees a quarter of the patches: this is what makes MAE cheap."),
-        check("L = (224 // 16) ** 2\nkeep = int(L * (1 - 0.75))\n"
-              "print(f'{L} patches; mask ratio 0.75 removes {L - keep} and keeps {keep}')"),
-        md("Nothing was written: the next notebook, `01_pretrain_original.ipynb`, pretrains."),
+        md("## Masking, in numbers\nAt the paper's geometry (224 px, patch 16: 196 patches) and ratio 0.75, the "
+           "model's own masking keeps a quarter of the patches for the encoder: this is what makes MAE cheap."),
+        check("tokens = torch.zeros(1, 196, 8)\nkept, mask, _ = mh.MAE.random_masking(tokens, 0.75)\n"
+              "print(f'196 patches; mask ratio 0.75 removes {int(mask.sum())} and the encoder sees {kept.shape[1]}')"),
+        md("Next: `01_pretrain_original.ipynb` pretrains."),
     ],
     "01_pretrain_original.ipynb": pretrain_notebook(
         "original", "01 · Pretrain the original MAE",
@@ -137,29 +186,39 @@ NOTEBOOKS = {
         "The same model and budget with three additions: a curriculum on the mask ratio (0.5 -> 0.75 over "
         "the first half), a masked Laplacian high-frequency loss (weight 0.05), and a uniformity "
         "regulariser on the encoder's features (weight 0.01). Whether they help is measured in 03-05 "
-        "and in `benchmarks/ablation.py`. The literature gives reasons to doubt two of them: no study reports a "
-        "gain from raising the mask ratio during training (decreasing schedules helped masked language models), "
-        "and PixMIM gained by REMOVING high frequencies from the target; U-MAE did report gains from uniformity."),
+        "and in `benchmarks/ablation.py` (see the README's results). The literature gives reasons to doubt two "
+        "of them: no study reports a gain from raising the mask ratio during training (decreasing schedules "
+        "helped masked language models), and PixMIM gained by REMOVING high frequencies from the target; "
+        "U-MAE did report gains from uniformity."),
     "03_linear_probe.ipynb": head(
         "03 · Linear probe and k-NN",
-        "How linearly separable are the frozen encoders' features? For every pretrained run (and a "
-        "randomly initialised encoder, the baseline), extract features of the whole labelled images once "
-        "(cached in the run folder), train BatchNorm + Linear on the train split, and report top-1 on the "
-        "test split at the last epoch; then a k-NN classifier (k = 20, cosine) on the same features. "
-        "Both are measured on two features from one encoder pass: the cls token (the official linear probe) "
-        "and the mean of the patch tokens (the feature fine-tuning and the uniformity term use).",
-        "lp_epochs = None     # None keeps the value of the preset\nbatch_size = None") + [
+        "How linearly separable are the frozen encoders' features? For every pretrained run, the same "
+        "encoder untrained (run `scratch`) and the raw pixels, extract features of the whole labelled "
+        "images once (cached in the run folder), train BatchNorm + Linear on the train split, and report "
+        "top-1 on the test split at the last epoch; then a k-NN classifier (k = 20, cosine) on the same "
+        "features. Both are measured on two features from one encoder pass: the cls token (the official "
+        "linear probe) and the mean of the patch tokens (the feature fine-tuning and the uniformity term use). "
+        "Dataset, preset and seed are each run's own.",
+        EVAL_PARAMS, "lp_epochs = None     # None keeps the value of the preset\nbatch_size = None") + [
+        md("## Which runs\nListed, nothing written."),
+        check("print(nb.list_runs(paths))"),
         md("## The protocol"),
         check("from maehelpers.evaluate import run_config\ne = run_config(nb.pretrained_runs(paths, False)[0]).eval\n"
               "print(f'features: cls token and mean of patch tokens (headline: {e.pool}); '\n"
               "      f'probe: BN + Linear, AdamW + cosine, last epoch; '\n"
               "      f'k-NN: k={e.knn_k}, T={e.knn_t}')"),
-        md("## Probe every run\nResults are merged into each run's `results.json`; finished runs are skipped "
-           "unless `force`."),
+        md("## Probe every run, the random encoder and raw pixels\nResults go into each run's `results.json` "
+           "with the key they were computed for (encoder, data, settings); a rerun reuses them and says so."),
         code("table = nb.evaluate_all(paths, ('lp', 'knn'), force, lp_epochs=lp_epochs, batch_size=batch_size)\n"
              "nb.show_table(table)"),
+        md("## The probe's training curves\nTraining loss and test top-1 per epoch. The table reports the LAST "
+           "epoch, never the best one: choosing an epoch by its test accuracy would be selection on the test set."),
+        code("nb.show_probe_curves(paths);"),
+        md("## What k-NN looks at\nA few test images and their nearest training images under each encoder's "
+           "features (green: same class). This is what the k-NN accuracy counts."),
+        code("nb.show_neighbours(paths);"),
         md("At short budgets MAE features are weak under linear probes (the paper's ViT-B at 100 epochs: "
-           "46 %), so compare against the random-encoder row, and see 04 for fine-tuning."),
+           "46 %), so compare against the random-encoder and raw-pixel rows, and see 04 for fine-tuning."),
     ],
     "04_finetune.ipynb": head(
         "04 · Fine-tune",
@@ -169,7 +228,7 @@ NOTEBOOKS = {
         "lower layers, but on a random network it would starve the patch embedding of learning rate "
         "(0.75^9 ~ 0.08x), so the scratch row trains without it, as the MAE paper's from-scratch ViT. "
         "The `ft_recipe` column says which recipe each row used.",
-        "ft_epochs = None     # None keeps the value of the preset\nbatch_size = None") + [
+        EVAL_PARAMS, "ft_epochs = None     # None keeps the value of the preset\nbatch_size = None") + [
         md("## The recipe\nOfficial MAE fine-tuning, scaled down: global average pooling + LayerNorm + "
            "head, layer-wise lr decay, drop path, label smoothing, warmup + cosine."),
         check("from maehelpers.evaluate import run_config\ne = run_config(nb.pretrained_runs(paths, False)[0]).eval\n"
@@ -179,7 +238,10 @@ NOTEBOOKS = {
         md("## Fine-tune every run"),
         code("table = nb.evaluate_all(paths, ('ft',), force, ft_epochs=ft_epochs, batch_size=batch_size)\n"
              "nb.show_table(table)"),
-        md("Results are in each run's `results.json` (`ft_top1`, with the recipe under `ft`)."),
+        md("## Training curves, pretrained against scratch\nTraining loss per epoch (with label smoothing its "
+           "floor is above 0)."),
+        code("nb.show_ft_curves(paths);"),
+        md("Results are in each run's `results.json` (`ft_top1`, with the recipe and the curve under `ft`)."),
     ],
     "05_visualize.ipynb": head(
         "05 · Reconstructions, metrics and the final comparison",
@@ -190,18 +252,19 @@ NOTEBOOKS = {
         "next to `psnr_masked_floor`, what a decoder that outputs zeros scores; and `hf_error_masked`, the "
         "Laplacian error inside removed patches (patch interiors, so seams and visible neighbours do not "
         "count). The table gives mean ± sd over seeds where a variant has several runs, says when it has "
-        "one, and leaves unmeasured values blank (-). Pictures and the table go to `runs/compare/`.") + [
-        md("## Which runs"),
-        check("print(sorted(r.name for r in nb.pretrained_runs(paths)))"),
+        "one, and leaves unmeasured values blank (-). Pictures and the table go to `runs/compare/`.",
+        EVAL_PARAMS) + [
+        md("## Which runs\nListed, nothing written."),
+        check("print(nb.list_runs(paths))"),
         md("## Metrics, reconstruction grid, curves, table"),
-        code("vis = nb.visualize_all(paths)\nnb.show_table(vis['table'])"),
+        code("vis = nb.visualize_all(paths, force=force)\nnb.show_table(vis['table'])"),
         code("from IPython.display import Image, display\n"
              "for name in ('recon_grid.png', 'curves.png', 'results.png'):\n"
              "    display(Image(filename=str(paths.compare / name)))"),
-        md("## Inspect interactively\nMove the sliders: image, mask ratio, mask seed; pick the models. "
-           "Every model gets the same mask."),
-        code("from maehelpers.widgets import Inspector\n"
-             "Inspector(vis['models'], vis['images'], vis['img_size']).widget"),
+        md("## Inspect interactively\nA static picture first (for viewers without widgets), then the sliders: "
+           "image, mask ratio, mask seed (applied when released); pick the models. Every model gets the same mask."),
+        code("from maehelpers.widgets import show_inspector\n"
+             "inspector = show_inspector(vis['models'], vis['images'], vis['img_size'])"),
         md("## What was written\n`runs/compare/`: `recon_grid.png`, `curves.png` (the masked MSE that all variants "
            "share on common axes, extra terms in their own panel), `results.png`, `compare.md`, `compare.json`; "
            "every run's `results.json` now also holds the reconstruction metrics under `recon`, keyed to its encoder."),
@@ -218,9 +281,11 @@ def build() -> dict:
         nb = new_notebook(cells=cells)
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.metadata["language_info"] = {"name": "python"}
-        nb.metadata["colab"] = {"provenance": []}
+        nb.metadata["colab"] = {"provenance": [], "gpuType": "T4"}
+        nb.metadata["accelerator"] = "GPU"  # Colab opens the notebook on a GPU runtime
         for i, cell in enumerate(nb.cells):  # stable ids: diffs stay small when the text changes
             cell.id = f"{Path(name).stem[:2]}-{i:02d}"
+            cell.source = cell.source.replace(URL_MARK, repo_url())
         out[name] = nb
     return out
 
@@ -245,7 +310,11 @@ def store_outputs(notebooks: dict) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store-outputs", action="store_true")
+    parser.add_argument("--repo-url", help="set the repository's address (pyproject.toml, README, notebooks), "
+                                           "e.g. https://github.com/you/your-fork")
     args = parser.parse_args(argv)
+    if args.repo_url:
+        set_repo_url(args.repo_url)
     notebooks = build()
     if args.store_outputs:
         store_outputs(notebooks)

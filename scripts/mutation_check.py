@@ -22,88 +22,93 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SLOW = ("tests/test_notebooks.py", "tests/test_reliability.py", "tests/test_benchmarks.py")
 
-# name: (file, original text, mutated text, the tests that should catch it first)
+# name: (file, original text, mutated text, the test that should catch it: tried first, alone)
 MUTATIONS = {
     "scratch_layer_decay": ("maehelpers/evaluate.py", "e.ft_scratch_layer_decay if scratch else e.ft_layer_decay",
-                            "e.ft_layer_decay", "tests/test_fresh_numbers.py"),
+                            "e.ft_layer_decay", "tests/test_fresh_numbers.py::test_scratch_fine_tunes_without_layer_decay"),
     "psnr_floor_borrowed": ("maehelpers/metrics.py", "floor = to_display(model, imgs, torch.zeros_like(pred), mask)[2]",
-                            "floor = torch.zeros_like(original)", "tests/test_fresh_numbers.py"),
+                            "floor = torch.zeros_like(original)", "tests/test_fresh_numbers.py::test_zero_decoder_scores_exactly_the_floor"),
     "hf_seams": ("maehelpers/metrics.py", "diff = (patch_laplacian(patches(pred), patch_size, c)",
-                 "diff = (patch_laplacian(patches(pred), patch_size, c, 'replicate')", "tests/test_evaluate.py"),
-    "stale_eval_kept": ("maehelpers/pretrain.py", "if k not in EVAL_KEYS}", "}", "tests/test_fresh_numbers.py"),
+                 "diff = (patch_laplacian(patches(pred), patch_size, c, 'replicate')", "tests/test_evaluate.py::test_hf_error_hand_value_inside_masked_patches_only"),
+    "stale_eval_kept": ("maehelpers/pretrain.py", "if k not in EVAL_KEYS}", "}", "tests/test_fresh_numbers.py::test_retrained_run_is_evaluated_again_not_shown_stale"),
     "eval_key_ignores_encoder": ("maehelpers/evaluate.py", 'base = {"encoder": file_key(run_dir / "encoder_pretrained.pt"),',
-                                 'base = {"encoder": "same",', "tests/test_fresh_numbers.py"),
+                                 'base = {"encoder": "same",', "tests/test_fresh_numbers.py::test_retrained_run_is_evaluated_again_not_shown_stale"),
     "epoch_sums_lost": ("maehelpers/pretrain.py", 'ckpt.get("epoch_loss", 0.0), ckpt.get("epoch_count", 0))',
-                        "0.0, 0)", "tests/test_fresh_numbers.py"),
+                        "0.0, 0)", "tests/test_fresh_numbers.py::test_epoch_loss_after_a_mid_epoch_resume_covers_the_whole_epoch"),
     "no_size_check": ("maehelpers/pretrain.py", "if key in ckpt and ckpt[key] != run[key]:", "if False:",
-                      "tests/test_fresh_numbers.py"),
+                      "tests/test_fresh_numbers.py::test_resume_refuses_other_data_size_and_other_precision"),
     "bf16_everywhere": ("maehelpers/pretrain.py", "return torch.bfloat16 if major >= 8 else torch.float16",
-                        "return torch.bfloat16", "tests/test_fresh_numbers.py"),
+                        "return torch.bfloat16", "tests/test_fresh_numbers.py::test_mixed_precision_choice_follows_compute_capability"),
     "losses_under_autocast": ("maehelpers/losses.py", "with torch.autocast(imgs.device.type, enabled=False):",
-                              "if True:", "tests/test_fresh_numbers.py"),
+                              "if True:", "tests/test_fresh_numbers.py::test_loss_terms_are_computed_in_fp32_under_autocast"),
     "lock_ignored": ("maehelpers/runs.py", "if other.get(\"host\") == me[\"host\"] and not _pid_alive",
-                     "if True or not _pid_alive", "tests/test_fresh_numbers.py"),
+                     "if True or not _pid_alive", "tests/test_fresh_numbers.py::test_a_run_folder_in_use_is_refused_naming_the_other_process"),
     "warmup_truncated": ("maehelpers/pretrain.py", "warmup_steps = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch",
                          "warmup_steps = t.epochs * steps_per_epoch, int(t.warmup_epochs * steps_per_epoch)",
-                         "tests/test_fresh_numbers.py"),
+                         "tests/test_fresh_numbers.py::test_fractional_warmup_follows_the_official_formula"),
     "curves_total_loss": ("maehelpers/viz.py", 'axes[0].plot(steps, [r[SHARED_TERM] for r in rows]',
-                          'axes[0].plot(steps, [r["loss"] for r in rows]', "tests/test_fresh_numbers.py"),
+                          'axes[0].plot(steps, [r["loss"] for r in rows]', "tests/test_fresh_numbers.py::test_curves_compare_the_shared_term_and_keep_extra_terms_apart"),
     "missing_bar_zero": ("maehelpers/viz.py", "vals = [math.nan if r.get(metric) is None else r[metric] for r in rows]",
-                         "vals = [r.get(metric) or 0.0 for r in rows]", "tests/test_fresh_numbers.py"),
+                         "vals = [r.get(metric) or 0.0 for r in rows]", "tests/test_fresh_numbers.py::test_results_chart_draws_no_bar_for_a_missing_metric_and_shows_seed_spread"),
     "mean_pool_with_cls": ("maehelpers/model.py", "return x[:, 1:].mean(dim=1)", "return x.mean(dim=1)",
-                           "tests/test_fresh_numbers.py"),
+                           "tests/test_fresh_numbers.py::test_mean_pool_excludes_the_cls_token"),
     "laplacian_form_ignored": ("maehelpers/losses.py", 'if form == "replicate":', "if False:",
-                               "tests/test_losses_schedules.py"),
+                               "tests/test_losses_schedules.py::test_replicate_laplacian_covers_border_pixels_hand_values"),
     "random_ratio_fixed": ("maehelpers/masking.py", "return start + (end - start) * u", "return end",
-                           "tests/test_losses_schedules.py"),
+                           "tests/test_losses_schedules.py::test_random_ratio_draws_within_its_range_every_step"),
     "lowpass_ignored": ("maehelpers/losses.py", "target = model.target(gaussian_blur(imgs.float(), variant.target_blur))",
-                        "target = model.target(imgs.float())", "tests/test_losses_schedules.py"),
+                        "target = model.target(imgs.float())", "tests/test_losses_schedules.py::test_lowpass_target_hand_values"),
     # the model
     "encoder_no_pos_embed": ("maehelpers/model.py", "        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]\n"
                              "        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)",
                              "        x = self.patch_embed(imgs)\n"
                              "        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)",
-                             "tests/test_behaviour.py"),
+                             "tests/test_behaviour.py::test_encoder_gives_each_visible_patch_its_own_position"),
     "decoder_not_unshuffled": ("maehelpers/model.py",
                                "x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))",
-                               "x_ = x_", "tests/test_behaviour.py"),
+                               "x_ = x_", "tests/test_behaviour.py::test_decoder_puts_every_prediction_at_its_own_position"),
     "decoder_no_pos_embed": ("maehelpers/model.py", "x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed",
-                             "x = torch.cat([x[:, :1, :], x_], dim=1)", "tests/test_behaviour.py"),
+                             "x = torch.cat([x[:, :1, :], x_], dim=1)", "tests/test_behaviour.py::test_decoder_puts_every_prediction_at_its_own_position"),
     "sincos_h_first": ("maehelpers/model.py", "emb = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)",
                        "emb = torch.cat([sincos_1d(embed_dim // 2, rows), sincos_1d(embed_dim // 2, cols)], dim=1)",
-                       "tests/test_model.py"),
+                       "tests/test_model.py::test_sincos_pos_embed_hand_values"),
     "interpolation_transposed": ("maehelpers/model.py", "grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim)",
-                                 "grid = grid.permute(0, 3, 2, 1).reshape(1, new * new, dim)", "tests/test_behaviour.py"),
+                                 "grid = grid.permute(0, 3, 2, 1).reshape(1, new * new, dim)",
+                                 "tests/test_behaviour.py::test_pos_embed_interpolation_keeps_rows_and_columns_apart"),
     # losses and schedules
     "mse_on_all_patches": ("maehelpers/losses.py", "return masked_mean(((pred - target) ** 2).mean(dim=-1), mask)",
-                           "return ((pred - target) ** 2).mean()", "tests/test_losses_schedules.py"),
+                           "return ((pred - target) ** 2).mean()", "tests/test_losses_schedules.py::test_masked_mse_ignores_visible_patches"),
     "uniformity_unnormalised": ("maehelpers/losses.py", "    z = F.normalize(features.float(), dim=-1)\n    return torch.pdist",
                                 "    z = features.float()\n    return torch.pdist", "tests/test_losses_schedules.py"),
     "schedule_ignores_frac": ("maehelpers/masking.py", "def linear(progress: float, start: float, end: float, frac: float) -> float:\n"
                               "    t = min(progress / frac, 1.0) if frac > 0 else 1.0",
                               "def linear(progress: float, start: float, end: float, frac: float) -> float:\n"
-                              "    t = progress", "tests/test_losses_schedules.py"),
+                              "    t = progress", "tests/test_losses_schedules.py::test_mask_schedules_hand_values"),
     # the training loop
-    "lr_never_set": ("maehelpers/pretrain.py", '        group["lr"] = lr\n', "        pass\n", "tests/test_behaviour.py"),
+    "lr_never_set": ("maehelpers/pretrain.py", '        group["lr"] = lr\n', "        pass\n",
+                     "tests/test_behaviour.py::test_training_uses_the_scheduled_lr_and_mask_ratio_at_every_step"),
     "ratio_not_used": ("maehelpers/pretrain.py", "loss, parts, _, _ = pretrain_loss(model, imgs, ratio, cfg.variant, noise)",
-                       "loss, parts, _, _ = pretrain_loss(model, imgs, 0.75, cfg.variant, noise)", "tests/test_behaviour.py"),
+                       "loss, parts, _, _ = pretrain_loss(model, imgs, 0.75, cfg.variant, noise)",
+                       "tests/test_behaviour.py::test_training_uses_the_scheduled_lr_and_mask_ratio_at_every_step"),
     "same_noise_every_step": ("maehelpers/pretrain.py", "g = step_generator(cfg.seed, state.step, device)",
-                              "g = step_generator(cfg.seed, 0, device)", "tests/test_behaviour.py"),
+                              "g = step_generator(cfg.seed, 0, device)",
+                              "tests/test_behaviour.py::test_training_uses_the_scheduled_lr_and_mask_ratio_at_every_step"),
     # data
     "crop_is_whole_image": ("maehelpers/data.py", "theta[:, 0, 0], theta[:, 0, 2] = w * flip, 2 * cx - 1",
-                            "theta[:, 0, 0], theta[:, 0, 2] = flip, 0.0", "tests/test_behaviour.py"),
+                            "theta[:, 0, 0], theta[:, 0, 2] = flip, 0.0", "tests/test_behaviour.py::test_random_resized_crop_really_crops"),
     # evaluation and metrics
     "knn_dot_product": ("maehelpers/evaluate.py", "    train_x = F.normalize(train_x.float(), dim=1)\n",
-                        "    train_x = train_x.float()\n", "tests/test_evaluate.py"),
+                        "    train_x = train_x.float()\n", "tests/test_evaluate.py::test_knn_hand_example"),
     "layer_decay_off_by_one": ("maehelpers/evaluate.py", '"lr_scale": layer_decay ** (num_layers - layer)}',
-                               '"lr_scale": layer_decay ** (num_layers - layer + 1)}', "tests/test_behaviour.py"),
+                               '"lr_scale": layer_decay ** (num_layers - layer + 1)}',
+                               "tests/test_behaviour.py::test_layer_decay_gives_the_official_scale_at_every_depth"),
     "features_from_random_init": ("maehelpers/evaluate.py", "    model, cfg = load_encoder(enc_path)\n    feats = extract_features",
                                   "    model, cfg = load_encoder(enc_path)\n    model = build_model(cfg)\n    feats = extract_features",
-                                  "tests/test_behaviour.py"),
+                                  "tests/test_behaviour.py::test_probe_features_come_from_the_checkpoint_weights"),
     "psnr_ignores_mask": ("maehelpers/metrics.py", "mse = se / pixel_mask.flatten(1).sum(1).clamp_min(1)",
-                          "mse = ((pred - target) ** 2).flatten(1).mean(1)", "tests/test_evaluate.py"),
+                          "mse = ((pred - target) ** 2).flatten(1).mean(1)", "tests/test_evaluate.py::test_psnr_hand_value_cap_and_mask"),
     "denorm_without_std": ("maehelpers/metrics.py", "pred = pred * (var + 1.0e-6) ** 0.5 + mean", "pred = pred + mean",
-                           "tests/test_behaviour.py"),
+                           "tests/test_behaviour.py::test_norm_pix_target_maps_back_to_the_image"),
 }
 
 
@@ -120,7 +125,7 @@ def run_pytest(copy: Path, targets, timeout: int) -> bool:
 
 def check(name: str, copy: Path, timeout: int) -> tuple[str, float]:
     path, old, new, first = MUTATIONS[name]
-    source = (ROOT / path).read_text()
+    source = (copy / path).read_text()  # the snapshot, so edits made meanwhile do not mix in
     if source.count(old) != 1:
         return f"STALE (the text to mutate occurs {source.count(old)} times in {path})", 0.0
     (copy / path).write_text(source.replace(old, new))

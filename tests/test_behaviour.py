@@ -198,3 +198,15 @@ def test_layer_decay_gives_the_official_scale_at_every_depth():
                 "fc_norm.weight": 1.0, "head.weight": 1.0}
     for name, value in expected.items():
         assert scale[id(names[name])] == pytest.approx(value), name
+
+
+def test_walkthrough_is_the_models_own_forward_pass():
+    from maehelpers.explain import describe, walkthrough
+    model = small_mae()
+    image = load_dataset("synthetic", "test").images[0]
+    steps = walkthrough(model, image, 32, 0.75, seed=0)
+    loss, pred, mask = model(prepare(image[None], 32), 0.75, steps["noise"])
+    assert torch.equal(steps["mask"], mask) and torch.allclose(steps["pred"], pred)
+    assert steps["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+    text = describe(steps)
+    assert "12 of 16 patches removed" in text and "(1, 5, 32)" in text

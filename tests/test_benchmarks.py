@@ -24,11 +24,11 @@ def test_ablation_runner_tiny_records_skip_and_report(tmp_path):
         assert key in lap
     ablation.main(["run", "--arms", "original", "--seeds", "0", "1", *common])   # finished: nothing added
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 8
-    summary = json.loads((tmp_path / "out" / "ablation_synthetic.json").read_text())
+    summary = json.loads((tmp_path / "out" / "ablation_synthetic_smoke.json").read_text())
     row = next(r for r in summary["rows"] if r["arm"] == "lap_replicate_10x")
     assert row["seeds"] == [0, 1] and row["knn_top1_mean_vs_original"]["n"] == 2
-    assert (tmp_path / "out" / "ablation_synthetic_16.png").stat().st_size > 0
-    assert "| lap_replicate_10x | 16 | 2 |" in (tmp_path / "out" / "ablation_synthetic.md").read_text()
+    assert (tmp_path / "out" / "ablation_synthetic_smoke_16.png").stat().st_size > 0
+    assert "| lap_replicate_10x | 16 | 2 |" in (tmp_path / "out" / "ablation_synthetic_smoke.md").read_text()
 
 
 def test_paired_difference_and_detectable_effect_hand_values():

@@ -119,6 +119,23 @@ def test_inspector_redraws_on_slider_change(two_runs):
     assert ins.redraws == 3
     _, direct = draw_inspector(models, images, 32, index=3, mask_ratio=0.5)
     assert direct == pytest.approx(ins.psnrs)
+    assert ins.index.continuous_update is False and ins.ratio.continuous_update is False
+
+
+def test_inspector_shows_errors_and_an_empty_selection_in_the_cell(two_runs):
+    models = {name: load_mae(two_runs / name)[0] for name in ("original", "improved")}
+    images = load_dataset("synthetic", "test").images[:5]
+
+    def broken(*args):
+        raise RuntimeError("the draw function broke")
+    ins = Inspector(models, images, 32, draw=broken)
+    assert ins.redraws == 0 and "the draw function broke" in ins.status.value
+    assert isinstance(ins.error, RuntimeError)
+    ok = Inspector(models, images, 32)
+    ok.names.value = ()
+    assert "No model selected" in ok.status.value and ok.redraws == 1
+    with pytest.raises(ValueError, match="at least one model"):
+        Inspector({}, images, 32)
 
 
 def test_finetune_trains_the_encoder_and_scratch_differs(tmp_path):

@@ -32,8 +32,16 @@ def test_committed_notebook_structure(name):
     assert "find_spec(\"maehelpers\")" in nb.cells[1].source                            # Colab install
     assert sum("parameters" in tags(c) for c in nb.cells) == 1
     params = next(c for c in nb.cells if "parameters" in tags(c)).source
-    for key in ("dataset", "preset", "data_root", "runs_root", "seed", "device"):
+    for key in ("data_root", "device", "use_drive"):
         assert f"\n{key} = " in "\n" + params, key
+    evaluating = name[:2] in ("03", "04", "05")  # these read dataset, preset and seed from each run
+    for key in ("dataset", "preset", "seed"):
+        assert (f"\n{key} = " in "\n" + params) != evaluating, key
+    assert ("\nforce = " in "\n" + params) == (name[:2] != "00")   # 00 writes nothing to redo
+    assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"]
+    url = next(line.split("=", 1)[1].strip().strip('"') for line in (ROOT / "pyproject.toml").read_text().splitlines()
+               if line.startswith("Repository"))
+    assert f'REPO_URL = "{url}"' in nb.cells[1].source
     checked = [c for c in nb.cells if "nbval-check-output" in tags(c)]
     assert checked and all(c.outputs for c in checked)          # something deterministic is compared
     for cell in nb.cells:
@@ -96,10 +104,11 @@ def test_papermill_runner_stops_names_the_cell_and_resumes(tmp_path):
         results = json.loads((runs / variant / "results.json").read_text())
         assert {"lp_top1", "knn_top1", "ft_top1"} <= set(results), variant
     assert "psnr_masked" in json.loads((runs / "original" / "results.json").read_text())
+    assert json.loads((runs / "scratch" / "results.json").read_text())["ft"]["layer_decay"] == 1.0
     from PIL import Image
     width, height = Image.open(runs / "compare" / "recon_grid.png").size
     assert width == 960 and height == 1050   # 6 columns x 6 images at the viz module's fixed size
-    assert "| original | original |" in good.stdout                          # the final table is printed
+    assert "| original | 0 |" in good.stdout                                 # the final table is printed
 
 
 def test_runner_offline_stl10_stops_at_once(tmp_path, monkeypatch):
@@ -112,3 +121,75 @@ def test_runner_offline_stl10_stops_at_once(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="choose among"):
         runner.select("07")
     assert runner.select("3,05") == ["03_linear_probe", "05_visualize"]
+
+
+def test_repo_url_lives_in_pyproject_and_one_command_changes_it(tmp_path):
+    import shutil
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for part in ("pyproject.toml", "README.md", "scripts", "notebooks", "maehelpers"):
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, copy / part)
+    out = subprocess.run([sys.executable, "scripts/make_notebooks.py", "--repo-url", "https://github.com/me/fork"],
+                         cwd=copy, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert 'Repository = "https://github.com/me/fork"' in (copy / "pyproject.toml").read_text()
+    readme = (copy / "README.md").read_text()
+    assert "colab.research.google.com/github/me/fork/blob/main/notebooks/00_data.ipynb" in readme
+    assert "OWNER/REPO" not in readme
+    for name in NAMES:
+        cell = nbformat.read(copy / "notebooks" / f"{name}.ipynb", as_version=4).cells[1]
+        assert 'REPO_URL = "https://github.com/me/fork"' in cell.source
+
+
+def test_install_cell_says_what_to_do_when_it_fails(tmp_path):
+    """Run the install cell where maehelpers is missing and the address cannot be cloned."""
+    source = load(NAMES[0]).cells[1].source.replace("https://github.com/OWNER/REPO", str(tmp_path / "nowhere"))
+    script = tmp_path / "cell.py"
+    script.write_text(source.replace('importlib.util.find_spec("maehelpers") is None', "True"))
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "Installing maehelpers failed" in out.stderr and "upload a copy of the repository" in out.stderr
+
+
+def test_colab_paths_go_to_drive_and_elsewhere_stay_local(tmp_path, monkeypatch, capsys):
+    import types
+    from maehelpers import notebook as nb
+    mounted = []
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=lambda path: mounted.append(path))
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setattr(nb, "DRIVE_HOME", tmp_path / "MyDrive" / "maehelpers")
+    paths = nb.setup("data", "experiments/runs", device="cpu")          # use_drive None: on in Colab
+    assert mounted == [str(nb.DRIVE_MOUNT)]
+    assert paths.runs_root == tmp_path / "MyDrive" / "maehelpers" / "experiments" / "runs"  # the full path kept
+    assert paths.data_root == tmp_path / "MyDrive" / "maehelpers" / "data"                 # the download too
+    assert "No GPU in this runtime" in capsys.readouterr().out
+    absolute = nb.setup("data", str(tmp_path / "elsewhere"), device="cpu")
+    assert absolute.runs_root == tmp_path / "elsewhere"
+    monkeypatch.delitem(sys.modules, "google.colab")
+    monkeypatch.chdir(tmp_path)
+    local = nb.setup("data", "runs", use_drive=True, device="cpu")
+    assert "use_drive applies in Colab only" in capsys.readouterr().out
+    assert local.runs_root == tmp_path / "runs" and len(mounted) == 2   # no mount outside Colab
+
+
+def test_runner_passes_each_notebook_only_its_parameters(tmp_path, monkeypatch):
+    import papermill as pm
+    from maehelpers import runner
+    seen = {}
+    monkeypatch.setattr(pm, "execute_notebook", lambda src, out, parameters, **kw: seen.__setitem__(Path(src).stem, parameters))
+    runner.run_series({"dataset": "synthetic", "preset": "smoke", "seed": 3, "runs_root": str(tmp_path),
+                       "lp_epochs": 2}, "00,01,03", tmp_path)
+    assert seen["00_data"] == {"dataset": "synthetic", "preset": "smoke", "seed": 3, "runs_root": str(tmp_path)}
+    assert "lp_epochs" not in seen["01_pretrain_original"] and seen["01_pretrain_original"]["seed"] == 3
+    assert seen["03_linear_probe"] == {"runs_root": str(tmp_path), "lp_epochs": 2}
+
+
+def test_paper_preset_on_cpu_is_said_plainly(tmp_path, capsys):
+    from maehelpers import runner
+    runner.preflight("synthetic", tmp_path, "paper", cuda=False)
+    assert "about a day" in capsys.readouterr().out
+    runner.preflight("synthetic", tmp_path, "paper", cuda=True)
+    runner.preflight("synthetic", tmp_path, "fast", cuda=False)
+    assert capsys.readouterr().out == ""
