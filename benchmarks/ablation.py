@@ -7,6 +7,7 @@
     python benchmarks/ablation.py run --stage budget          # original and best arm at 4x and 8x the steps
     python benchmarks/ablation.py run --arms original uniformity --seeds 0 1 2 --steps 2000
     python benchmarks/ablation.py report                      # tables and plot from the records
+    python benchmarks/ablation.py verify --arms original --seeds 0   # rerun a record, compare the numbers
     python benchmarks/ablation.py run --device cuda --preset ablation_gpu --steps 23400 --arms original ...
 
 Every run appends one JSON line to benchmarks/results/ablation_runs.jsonl (arm, variant, overrides,
@@ -348,6 +349,31 @@ def plot(rows, path, steps: int) -> None:
     plt.close(fig)
 
 
+def verify(args) -> int:
+    """Rerun recorded (arm, seed, steps) runs from scratch in a temporary folder and compare every
+    accuracy with its record: the check that a committed number reproduces."""
+    import tempfile
+    records = read_records(Path(args.records), args.dataset, args.preset)
+    keys = [(a, s, args.steps) for a in args.arms or ["original"] for s in args.seeds]
+    data, failed = None, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        args.runs_root = tmp
+        for key in keys:
+            if key not in records:
+                print(f"{key}: no record to compare with")
+                failed += 1
+                continue
+            data = data or load_eval_data(arm_config("original", args, 0, key[2]), args.data_root)
+            again = raw_pixel_record(args, key[2], data) if key[0] == "raw_pixels" else run_arm(*key, args, data)
+            for m in ("lp_top1_mean", "lp_top1_cls", "knn_top1_mean", "knn_top1_cls"):
+                same = again[m] == records[key][m]
+                failed += not same
+                print(f"{key[0]} s{key[1]} {key[2]}: {m} recorded {records[key][m]:.4f}, rerun {again[m]:.4f}"
+                      f" {'same' if same else 'DIFFERENT'} (recorded with {records[key].get('threads')} threads, "
+                      f"commit {str(records[key].get('git_commit'))[:7]})")
+    return 1 if failed else 0
+
+
 def report(args) -> Path:
     records = read_records(Path(args.records), args.dataset, args.preset)
     rows = summarise(records)
@@ -367,7 +393,7 @@ def report(args) -> Path:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("run", "report"))
+    p.add_argument("command", choices=("run", "report", "verify"))
     p.add_argument("--stage", default="dose", help="dose | confirm | power | ft | budget (ignored with --arms)")
     p.add_argument("--arms", nargs="+", choices=list(ARMS) + list(BASELINES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -388,6 +414,8 @@ def main(argv=None):
         p.error(f"--steps must be a multiple of {steps_per_epoch(args)} (one epoch of the preset)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.command == "verify":
+        return verify(args)
     if args.command == "run":
         if args.dataset == "fashion_mnist" and not FASHION_SYSTEM_DIR.exists():
             subprocess.run(["bash", str(ROOT / "scripts" / "install_fashion_mnist.sh")], check=True)

@@ -152,6 +152,15 @@ def _trim_logs(run_dir: Path, step: int) -> None:
         write_text(log, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _step_inputs(cfg, images_u8, step: int, total_steps: int, num_patches: int, device):
+    """The step's augmented batch, mask noise and mask ratio: a pure function of (seed, step)."""
+    g = step_generator(cfg.seed, step, device)
+    imgs = augment(images_u8, cfg.model.img_size, cfg.train.crop_scale, generator=g, device=device)
+    noise = torch.rand(imgs.shape[0], num_patches, generator=g, device=device)
+    u = torch.rand(1, generator=g, device=device).item() if cfg.variant.mask_schedule == "random" else 0.5
+    return imgs, noise, mask_ratio_at(step / total_steps, cfg.variant, u)
+
+
 def _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype, log, step: int):
     """One update; returns the detached loss and loss terms (still on the device). When the log
     checks every step (CPU) a non-finite loss stops before the update; on CUDA the check waits for
@@ -313,12 +322,8 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                 if order is None or i == 0:
                     order = epoch_order(len(data), cfg.seed, epoch)
                 idx = order[i * t.batch_size:(i + 1) * t.batch_size]
-                g = step_generator(cfg.seed, state.step, device)
-                imgs = augment(images[idx.to(images.device)], cfg.model.img_size, t.crop_scale, generator=g,
-                               device=device)
-                noise = torch.rand(imgs.shape[0], model.num_patches, generator=g, device=device)
-                u = torch.rand(1, generator=g, device=device).item() if cfg.variant.mask_schedule == "random" else 0.5
-                ratio = mask_ratio_at(state.step / total_steps, cfg.variant, u)
+                imgs, noise, ratio = _step_inputs(cfg, images[idx.to(images.device)], state.step, total_steps,
+                                                  model.num_patches, device)
                 lr = lr_at(state.step, total_steps, warmup_steps, t.lr, t.min_lr)
                 loss, parts = _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype, log, state.step)
                 state.step += 1

@@ -90,8 +90,8 @@ MUTATIONS = {
     "ratio_not_used": ("maehelpers/pretrain.py", "loss, parts, _, _ = pretrain_loss(model, imgs, ratio, cfg.variant, noise)",
                        "loss, parts, _, _ = pretrain_loss(model, imgs, 0.75, cfg.variant, noise)",
                        "tests/test_behaviour.py::test_training_uses_the_scheduled_lr_and_mask_ratio_at_every_step"),
-    "same_noise_every_step": ("maehelpers/pretrain.py", "g = step_generator(cfg.seed, state.step, device)",
-                              "g = step_generator(cfg.seed, 0, device)",
+    "same_noise_every_step": ("maehelpers/pretrain.py", "g = step_generator(cfg.seed, step, device)\n    imgs = augment",
+                              "g = step_generator(cfg.seed, 0, device)\n    imgs = augment",
                               "tests/test_behaviour.py::test_training_uses_the_scheduled_lr_and_mask_ratio_at_every_step"),
     # data
     "crop_is_whole_image": ("maehelpers/data.py", "theta[:, 0, 0], theta[:, 0, 2] = w * flip, 2 * cx - 1",

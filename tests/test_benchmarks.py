@@ -24,6 +24,12 @@ def test_ablation_runner_tiny_records_skip_and_report(tmp_path):
         assert key in lap
     ablation.main(["run", "--arms", "original", "--seeds", "0", "1", *common])   # finished: nothing added
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 8
+    assert ablation.main(["verify", "--arms", "lap_replicate_10x", "--seeds", "1", *common]) == 0  # reproduces
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    doctored = [json.dumps({**json.loads(x), "knn_top1_cls": 1.0}) if '"lap_replicate_10x"' in x else x for x in lines]
+    (tmp_path / "runs.jsonl").write_text("\n".join(doctored) + "\n")
+    assert ablation.main(["verify", "--arms", "lap_replicate_10x", "--seeds", "1", *common]) == 1  # a wrong record
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
     summary = json.loads((tmp_path / "out" / "ablation_synthetic_smoke.json").read_text())
     row = next(r for r in summary["rows"] if r["arm"] == "lap_replicate_10x")
     assert row["seeds"] == [0, 1] and row["knn_top1_mean_vs_original"]["n"] == 2
