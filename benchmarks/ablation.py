@@ -338,6 +338,10 @@ def plot(rows, path, steps: int) -> None:
                     ax.errorbar(p["diff"], y + off, xerr=p["ci95"] or 0, fmt="o", ms=4, capsize=2,
                                 label=f"{pool} pool" if y == 0 else None, **style)
         ax.axvline(0, color="k", lw=0.8)
+        base, raw = (next((r for r in rows if r["steps"] == steps and r["arm"] == a), {}) for a in ("original", "raw_pixels"))
+        if raw.get(f"{metric}_mean") is not None and base.get(f"{metric}_mean") is not None:
+            ax.axvline(raw[f"{metric}_mean"] - base[f"{metric}_mean"], color="0.5", ls="--", lw=0.8,
+                       label="raw pixels")
         ax.set_title(f"{'k-NN' if metric == 'knn_top1' else 'linear probe'}: top-1 minus original (points)", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(arms)), [f"{r['arm']} (n={len(r['seeds'])})" for r in arms], fontsize=7)
