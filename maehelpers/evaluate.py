@@ -314,15 +314,14 @@ def evaluate_run(run_dir, data_root="data", steps=("lp", "knn", "ft"), data=None
     validate(cfg)
     train, test = data or load_eval_data(cfg, data_root)
     e, seed = cfg.eval, cfg.seed
-    base = {"encoder": file_key(run_dir / "encoder_pretrained.pt"), "data": data_key(train) + data_key(test),
-            "n_train": len(train), "n_test": len(test), "seed": seed}
+    encoder, data_keys = file_key(run_dir / "encoder_pretrained.pt"), (data_key(train), data_key(test))
+    base = {"encoder": encoder, "data": "+".join(data_keys), "n_train": len(train), "n_test": len(test), "seed": seed}
     feats = {}
 
     def features():
         if not feats:
-            keys = (base["encoder"], base["data"][:12]), (base["encoder"], base["data"][12:])
-            feats["train"] = cached_features(run_dir, train, "train", e.batch_size, device, progress, keys[0])
-            feats["test"] = cached_features(run_dir, test, "test", e.batch_size, device, progress, keys[1])
+            for split, data, key in (("train", train, data_keys[0]), ("test", test, data_keys[1])):
+                feats[split] = cached_features(run_dir, data, split, e.batch_size, device, progress, (encoder, key))
         return feats["train"], feats["test"]
 
     def probe():
