@@ -48,6 +48,7 @@ def draw_recon_grid(models: dict, images_u8, img_size: int, mask_ratio: float = 
             lines = ([title] if i == 0 else []) + ([f"{psnr[i]:.1f} dB"] if psnr is not None else [])
             ax.set_title("\n".join(lines), fontsize=7)
     fig.suptitle(f"mask ratio {mask_ratio}, mask seed {seed}; PSNR on masked pixels", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title above the column titles
     return fig, psnrs, masks
 
 

@@ -3,6 +3,8 @@
     python scripts/make_notebooks.py                  # write the notebooks without outputs
     python scripts/make_notebooks.py --store-outputs  # then run them on the smoke preset and keep the
                                                       # outputs of the cells tagged nbval-check-output
+    python scripts/make_notebooks.py --documented-run fashion_mnist ablation  # and every cell's outputs,
+                                                      # pictures included, from a real run (~15 min, CPU)
     python scripts/make_notebooks.py --repo-url https://github.com/you/fork   # a fork's address, everywhere
 
 The stored outputs are what the nbval regression test compares (pytest --nbval-lax, on the smoke
@@ -97,9 +99,14 @@ def code(text):
     return new_code_cell(text)
 
 
+DOCUMENTED = ("*The outputs stored in this notebook come from `python scripts/make_notebooks.py --documented-run "
+              "fashion_mnist ablation` (Fashion-MNIST, preset `ablation`, seed 0, on a 2-core CPU); running it "
+              "replaces them with yours.*")
+
+
 def head(title, intro, names=DATA_PARAMS, extra_params=""):
     setup = SETUP.format(runs_root="runs_root" if "runs_root" in names else '"runs"')
-    return [md(f"# {title}\n\n{intro}"), code(INSTALL.format(url=URL_MARK)),
+    return [md(f"# {title}\n\n{intro}\n\n{DOCUMENTED}"), code(INSTALL.format(url=URL_MARK)),
             md("**Parameters.** Change them here, or pass them with papermill "
                "(`python -m maehelpers run -p KEY VALUE`)."), parameters(names, extra_params), code(setup)]
 
@@ -121,9 +128,11 @@ def pretrain_notebook(variant, title, why):
            "prediction is noise for now; 05 shows the trained one. Then: what this variant changes against "
            "the paper's MAE (its mask ratio over training, and any extra loss term it adds)."),
         code("steps = nb.explain(cfg, paths)"),
-        check("print(f\"{int(steps['mask'].sum())} of {steps['mask'].shape[1]} patches removed; the encoder saw \"\n"
-              "      f\"{steps['latent'].shape[1] - 1} patch tokens + cls; the loss counts removed patches only: \"\n"
-              "      f\"{bool(((steps['per_patch_loss'] * steps['mask']).sum() / steps['mask'].sum()).isclose(steps['loss']))}\")"),
+        check("L, visible = steps['mask'].shape[1], int((1 - steps['mask']).sum())\n"
+              "print('visible patches: int(L * (1 - ratio)) =', visible == int(L * (1 - steps['mask_ratio'])))\n"
+              "print('the encoder saw only those, plus cls:', steps['latent'].shape[1] == visible + 1)\n"
+              "print('the loss counts removed patches only:',\n"
+              "      bool(((steps['per_patch_loss'] * steps['mask']).sum() / steps['mask'].sum()).isclose(steps['loss'])))"),
         md("## Pretrain\nAdamW (0.9, 0.95), weight decay 0.05 except biases and norms, lr = blr x batch / 256, "
            "warmup then cosine. After five steps the measured speed gives the expected duration. A "
            "checkpoint is written every epoch; if this cell is stopped (or Colab disconnects) running it "
@@ -290,34 +299,68 @@ def build() -> dict:
     return out
 
 
-def store_outputs(notebooks: dict) -> None:
-    """Run the series on the smoke preset and copy the outputs of the check cells back."""
+def execute(notebooks: dict, params: dict, tmp: Path) -> dict:
+    """Run the series with papermill under `params`; returns {name: {cell id: executed cell}}."""
     import papermill as pm
+    done = {}
+    for name, nb in notebooks.items():
+        src, dst = tmp / f"in_{name}", tmp / name
+        nbformat.write(nb, src)
+        declared = pm.inspect_notebook(str(src))
+        pm.execute_notebook(str(src), str(dst), parameters={k: v for k, v in params.items() if k in declared},
+                            progress_bar=False, cwd=str(ROOT))
+        done[name] = {c.id: c for c in nbformat.read(dst, as_version=4).cells}
+    return done
+
+
+def keepable(outputs) -> list:
+    """Outputs worth storing: no progress bars (stderr), no live widgets (GitHub cannot draw them)."""
+    kept = []
+    for o in outputs:
+        if o.output_type == "stream" and o.name == "stderr":
+            continue
+        if "data" in o and "application/vnd.jupyter.widget-view+json" in o["data"]:
+            continue
+        kept.append(o)
+    return kept
+
+
+def store_outputs(notebooks: dict, documented: dict | None = None) -> None:
+    """Run the series on the smoke preset and keep the outputs of the check cells (what nbval
+    compares). With `documented` (dataset and preset of a real run), run the series again on them
+    and keep every other cell's outputs too, pictures included; the check cells must come out the
+    same under both, or the notebooks would compare something preset-dependent."""
     with tempfile.TemporaryDirectory() as tmp:
+        smoke = execute(notebooks, {**SMOKE, "data_root": f"{tmp}/data", "runs_root": f"{tmp}/smoke"}, Path(tmp))
+        real = None
+        if documented:
+            (Path(tmp) / "doc").mkdir()
+            real = execute(notebooks, {**documented, "data_root": str(ROOT / "data"), "runs_root": f"{tmp}/runs"},
+                           Path(tmp) / "doc")
         for name, nb in notebooks.items():
-            src, dst = Path(tmp) / f"in_{name}", Path(tmp) / name
-            nbformat.write(nb, src)
-            pm.execute_notebook(str(src), str(dst), parameters={**SMOKE, "data_root": f"{tmp}/data",
-                                                                 "runs_root": f"{tmp}/runs"},
-                                progress_bar=False, cwd=str(ROOT))
-            done = {c.id: c for c in nbformat.read(dst, as_version=4).cells}
-            for cell in nb.cells:
-                if CHECK in cell.metadata.get("tags", []):
-                    cell.outputs = done[cell.id].outputs
-                    cell.execution_count = 1  # nbval treats a cell with outputs but no count as unrun
+            for count, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+                checked = CHECK in cell.metadata.get("tags", [])
+                if checked and real and smoke[name][cell.id].outputs != real[name][cell.id].outputs:
+                    raise SystemExit(f"{name} cell {cell.id}: the checked output depends on the preset")
+                source = smoke if checked or not real else real
+                cell.outputs = keepable(source[name][cell.id].outputs)
+                cell.execution_count = count + 1 if cell.outputs or checked else None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store-outputs", action="store_true")
+    parser.add_argument("--store-outputs", action="store_true", help="keep the outputs of the checked cells (smoke)")
+    parser.add_argument("--documented-run", nargs=2, metavar=("DATASET", "PRESET"),
+                        help="also keep every cell's outputs from a real run, e.g. fashion_mnist ablation")
     parser.add_argument("--repo-url", help="set the repository's address (pyproject.toml, README, notebooks), "
                                            "e.g. https://github.com/you/your-fork")
     args = parser.parse_args(argv)
     if args.repo_url:
         set_repo_url(args.repo_url)
     notebooks = build()
-    if args.store_outputs:
-        store_outputs(notebooks)
+    if args.store_outputs or args.documented_run:
+        documented = dict(zip(("dataset", "preset"), args.documented_run)) if args.documented_run else None
+        store_outputs(notebooks, documented)
     NB_DIR.mkdir(exist_ok=True)
     for name, nb in notebooks.items():
         nbformat.validate(nb)
