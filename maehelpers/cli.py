@@ -2,6 +2,7 @@
 import argparse
 import ast
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -99,9 +100,10 @@ def main(argv=None) -> int:
             run_dir = Path(args.runs_root) / (args.run_name or args.variant)
             result = pretrain(cfg, run_dir, data_root=args.data_root, resume=args.resume,
                               device=args.device, progress=not args.no_progress)
-            print(json.dumps({k: result[k] for k in ("variant", "pretrain_time_s", "pretrain_final_loss")
-                              if k in result}, indent=1))
-            print(f"wrote {run_dir}/")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+                print(json.dumps({k: result[k] for k in ("variant", "pretrain_time_s", "pretrain_final_loss",
+                                                         "world_size") if k in result}, indent=1))
+                print(f"wrote {run_dir}/")
     except (ValueError, DataError, CheckpointError, NonFiniteLossError, SeriesError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

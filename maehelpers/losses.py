@@ -84,6 +84,7 @@ def pretrain_loss(model, imgs, mask_ratio: float, variant, noise=None):
     uniformity term sees the encoder's output on the visible patches (`variant.uniformity_features`:
     'mean' of visible patch tokens, or the 'cls' token; both after the final norm).
     """
+    from .distributed import gather_with_grad
     from .model import pool_tokens
     latent, mask, ids_restore = model.forward_encoder(imgs, mask_ratio, noise)
     pred = model.forward_decoder(latent, ids_restore)
@@ -98,7 +99,8 @@ def pretrain_loss(model, imgs, mask_ratio: float, variant, noise=None):
             parts["laplacian"] = laplacian_loss(pred32, target, mask, p, c, variant.laplacian_form)
             total = total + variant.laplacian_weight * parts["laplacian"]
         if variant.uniformity_weight > 0:
-            features = pool_tokens(latent, variant.uniformity_features).float()
+            # under torchrun: the whole global batch, gradients flowing back to each rank's rows
+            features = gather_with_grad(pool_tokens(latent, variant.uniformity_features).float())
             if variant.uniformity_form == "wang_isola":
                 parts["uniformity"] = uniformity_wang_isola(features, variant.uniformity_t)
             else:

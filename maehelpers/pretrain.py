@@ -8,6 +8,7 @@ On CUDA the same data, masks and schedule are replayed, but some GPU kernels (at
 passes) are not deterministic, so a resumed run matches an uninterrupted one only to float noise.
 """
 import contextlib
+import io
 import json
 import math
 import platform
@@ -24,6 +25,7 @@ from .data import augment, epoch_order, load_dataset
 from .losses import pretrain_loss
 from .masking import mask_ratio_at
 from .model import MAE, encoder_state_dict
+from .distributed import World, barrier, device_for, mean_over_ranks, world
 from .runs import (EVAL_KEYS, CheckpointError, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl,
                    read_results, run_lock, save_json, save_torch, write_text)
 
@@ -152,30 +154,33 @@ def _trim_logs(run_dir: Path, step: int) -> None:
         write_text(log, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _step_inputs(cfg, images_u8, step: int, total_steps: int, num_patches: int, device):
-    """The step's augmented batch, mask noise and mask ratio: a pure function of (seed, step)."""
+def _step_inputs(cfg, images_u8, step: int, total_steps: int, num_patches: int, device, w: World = World()):
+    """The step's augmented batch, mask noise and mask ratio: a pure function of (seed, step).
+    Every rank draws the whole global batch and keeps its own slice of it."""
     g = step_generator(cfg.seed, step, device)
     imgs = augment(images_u8, cfg.model.img_size, cfg.train.crop_scale, generator=g, device=device)
     noise = torch.rand(imgs.shape[0], num_patches, generator=g, device=device)
     u = torch.rand(1, generator=g, device=device).item() if cfg.variant.mask_schedule == "random" else 0.5
-    return imgs, noise, mask_ratio_at(step / total_steps, cfg.variant, u)
+    mine = w.slice(imgs.shape[0])
+    return imgs[mine], noise[mine], mask_ratio_at(step / total_steps, cfg.variant, u)
 
 
-def _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype, log, step: int):
-    """One update; returns the detached loss and loss terms (still on the device). When the log
-    checks every step (CPU) a non-finite loss stops before the update; on CUDA the check waits for
-    the next log flush, so the step does not wait for the device."""
+def _train_step(objective, optimizer, scaler, imgs, noise, ratio, lr, dtype, log, step: int, w: World):
+    """One update; returns the loss and loss terms averaged over ranks, detached and still on the
+    device. When the log checks every step (CPU) a non-finite loss stops before the update; on CUDA
+    the check waits for the next log flush, so the step does not wait for the device."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
-        loss, parts, _, _ = pretrain_loss(model, imgs, ratio, cfg.variant, noise)
-    if log.every == 1 and not math.isfinite(loss.item()):
-        log.non_finite(step, loss.item(), "stopped before updating the weights")
+        loss, parts, _, _ = objective(imgs, ratio, noise)
+    everyone = mean_over_ranks(loss.detach(), w)  # the same value on every rank, so all stop together
+    if log.every == 1 and not math.isfinite(everyone.item()):
+        log.non_finite(step, everyone.item(), "stopped before updating the weights")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach(), {k: v.detach() for k, v in parts.items()}
+    return everyone, {k: mean_over_ranks(v.detach(), w) for k, v in parts.items()}
 
 
 class _StepLog:
@@ -183,8 +188,9 @@ class _StepLog:
     the loop does not wait for the GPU at each step; the finiteness check happens at each flush,
     and always before a checkpoint is written."""
 
-    def __init__(self, run_dir: Path, state: _State, every: int, bar, ckpt_path: Path, amp: bool):
-        self.slog, self.elog = open(run_dir / "log_steps.jsonl", "a"), open(run_dir / "log_epochs.jsonl", "a")
+    def __init__(self, run_dir: Path, state: _State, every: int, bar, ckpt_path: Path, amp: bool, write: bool = True):
+        self.slog, self.elog = (open(run_dir / name, "a") if write else io.StringIO()
+                                for name in ("log_steps.jsonl", "log_epochs.jsonl"))
         self.state, self.every, self.bar, self.ckpt_path, self.amp = state, every, bar, ckpt_path, amp
         self.pending = []
 
@@ -238,11 +244,23 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
     stop_at_epoch: end this call after that many epochs (a checkpoint is written); a later call
     resumes. Ctrl-C saves a checkpoint at the current step and re-raises KeyboardInterrupt.
     The run folder is locked while this runs: a second process on it is refused.
+    Under torchrun (see distributed.py) every rank trains its slice of the same global batch and
+    rank 0 alone writes the run folder.
     """
     validate(cfg)
-    run_dir, device = prepare_run_dir(run_dir), pick_device(device)
-    with run_lock(run_dir):
-        return _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch)
+    w = world()
+    if cfg.train.batch_size % w.size:
+        raise ValueError(f"train.batch_size {cfg.train.batch_size} is the global batch and must divide by the "
+                         f"{w.size} processes: choose a multiple of {w.size}")
+    device = device_for(w, pick_device(device))
+    if w.main:
+        prepare_run_dir(run_dir)
+    barrier(w)
+    run_dir = Path(run_dir)
+    with run_lock(run_dir) if w.main else contextlib.nullcontext():
+        result = _pretrain(cfg, run_dir, data, data_root, resume, device, progress and w.main, stop_at_epoch, w)
+    barrier(w)
+    return result if w.main else read_results(run_dir)
 
 
 ETA_STEPS = 5  # steps measured before the expected duration is printed
@@ -267,7 +285,18 @@ def resident(images, device: torch.device, limit_bytes: int = 2 << 30):
     return images
 
 
-def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch) -> dict:
+class _Objective(torch.nn.Module):
+    """The pretraining objective as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: MAE, variant):
+        super().__init__()
+        self.model, self.variant = model, variant
+
+    def forward(self, imgs, ratio, noise):
+        return pretrain_loss(self.model, imgs, ratio, self.variant, noise)
+
+
+def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch, w: World) -> dict:
     ckpt_path, t = run_dir / "checkpoint_last.pt", cfg.train
     if ckpt_path.exists() and not resume:
         raise CheckpointError(f"{ckpt_path} exists. Pass resume=True (--resume) to continue it, "
@@ -290,18 +319,25 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     state = _restore(ckpt, model, optimizer, scaler, device) if ckpt is not None else _State()
-    _trim_logs(run_dir, state.step)
+    objective = _Objective(model, cfg.variant)
+    if w.size > 1:
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+    if w.main:
+        _trim_logs(run_dir, state.step)
     saved = {"step": state.step}  # the step of the newest checkpoint on disk
 
     def save(seconds: float):
         saved["step"] = state.step
-        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                    "step": state.step, "epoch": state.step // steps_per_epoch, "pretrain_time_s": seconds,
-                    "epoch_loss": state.epoch_loss, "epoch_count": state.epoch_count,
-                    "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                    "config": to_dict(cfg), **run}, ckpt_path)
+        if w.main:
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                        "step": state.step, "epoch": state.step // steps_per_epoch, "pretrain_time_s": seconds,
+                        "epoch_loss": state.epoch_loss, "epoch_count": state.epoch_count,
+                        "rng_cpu": torch.get_rng_state(),
+                        "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                        "config": to_dict(cfg), **run}, ckpt_path)
+        barrier(w)  # every rank waits for the checkpoint
 
     end_step = total_steps if stop_at_epoch is None else min(total_steps, stop_at_epoch * steps_per_epoch)
     if state.step >= total_steps and progress:
@@ -312,7 +348,7 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     bar = tqdm(total=total_steps, initial=state.step, desc=f"pretrain {cfg.variant.name}", unit="step",
                disable=not progress, dynamic_ncols=True)
     every = t.log_every or (1 if device.type == "cpu" else 25)
-    log = _StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None)
+    log = _StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None, write=w.main)
     images = resident(data.images, device)
     order, first_step = None, state.step
     try:
@@ -323,9 +359,9 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                     order = epoch_order(len(data), cfg.seed, epoch)
                 idx = order[i * t.batch_size:(i + 1) * t.batch_size]
                 imgs, noise, ratio = _step_inputs(cfg, images[idx.to(images.device)], state.step, total_steps,
-                                                  model.num_patches, device)
+                                                  model.num_patches, device, w)
                 lr = lr_at(state.step, total_steps, warmup_steps, t.lr, t.min_lr)
-                loss, parts = _train_step(model, optimizer, scaler, cfg, imgs, noise, ratio, lr, dtype, log, state.step)
+                loss, parts = _train_step(objective, optimizer, scaler, imgs, noise, ratio, lr, dtype, log, state.step, w)
                 state.step += 1
                 if progress and state.step - first_step == ETA_STEPS and end_step > state.step:
                     log.flush()  # the device catches up, so the time is real
@@ -335,7 +371,7 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                     log.end_epoch(state.step, epoch + 1, elapsed())
                     if (epoch + 1) % t.save_every == 0 or state.step == end_step:
                         save(elapsed())
-                if sigint["hit"]:
+                if _anyone(sigint["hit"], w, device):
                     log.flush()
                     save(elapsed())
                     print(f"Interrupted at step {state.step}: checkpoint saved to {ckpt_path}; run again to resume.")
@@ -348,10 +384,17 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
         save(seconds)  # the end, when save_every skipped the last epoch
     if state.step < total_steps:
         return {"status": "paused", "step": state.step, "total_steps": total_steps}
-    return _finish(cfg, run_dir, model, seconds, total_steps, len(data), device, run["precision"])
+    return _finish(cfg, run_dir, model, seconds, total_steps, len(data), device, run["precision"], w) if w.main else {}
 
 
-def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precision) -> dict:
+def _anyone(flag: bool, w: World, device) -> bool:
+    """True on every rank when any rank saw Ctrl-C, so all of them stop at the same step."""
+    if w.size == 1:
+        return flag
+    return bool(mean_over_ranks(torch.tensor(float(flag), device=device), w) > 0)
+
+
+def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precision, w: World) -> dict:
     """Write the encoder file and the run's results; evaluations of an older encoder are dropped."""
     save_torch({"model": encoder_state_dict(model), "config": to_dict(cfg)}, run_dir / "encoder_pretrained.pt")
     last = read_jsonl(run_dir / "log_epochs.jsonl")
@@ -361,7 +404,7 @@ def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precisi
         "variant": cfg.variant.name, "preset": cfg.preset, "dataset": cfg.dataset, "seed": cfg.seed,
         "config": to_dict(cfg), "pretrain_time_s": round(seconds, 2), "pretrain_steps": total_steps,
         "pretrain_images": n_images, "pretrain_final_loss": last[-1]["loss"] if last else None,
-        "torch": torch.__version__, "device": device_name(device), "precision": precision,
+        "torch": torch.__version__, "device": device_name(device), "precision": precision, "world_size": w.size,
         "git_commit": git_commit(), "status": "done"})
 
 
