@@ -8,6 +8,7 @@
     python benchmarks/ablation.py run --arms original uniformity --seeds 0 1 2 --steps 2000
     python benchmarks/ablation.py report                      # tables and plot from the records
     python benchmarks/ablation.py verify --arms original --seeds 0   # rerun a record, compare the numbers
+    python benchmarks/ablation.py refresh-recon               # recompute recorded runs' reconstruction metrics
     python benchmarks/ablation.py run --device cuda --preset ablation_gpu --steps 23400 --arms original ...
 
 Every run appends one JSON line to benchmarks/results/ablation_runs.jsonl (arm, variant, overrides,
@@ -353,6 +354,23 @@ def plot(rows, path, steps: int) -> None:
     plt.close(fig)
 
 
+def refresh_recon(args) -> None:
+    """Recompute the reconstruction metrics of every recorded run whose folder is here, with the
+    current code, and append them as records (later lines replace earlier values): for when a
+    metric's definition changed after the runs."""
+    records = read_records(Path(args.records), args.dataset, args.preset)
+    _, test = load_eval_data(arm_config("original", args, 0, args.steps), args.data_root)
+    for (arm, seed, steps), r in records.items():
+        run = Path(args.runs_root) / args.dataset / f"{arm}_s{seed}_{steps}"
+        if not (run / "checkpoint_last.pt").exists():
+            continue
+        res = recon_run(run, test, args.device, force=True)
+        append_record({"dataset": args.dataset, "preset": args.preset, "arm": arm, "seed": seed, "steps": steps,
+                       **{m: res[m] for m in ("nmse_masked", "psnr_masked", "psnr_masked_floor", "hf_error_masked",
+                                              "hf_error_floor")}, "recon_git_commit": git_commit()}, Path(args.records))
+        print(f"{arm} s{seed}: PSNR {res['psnr_masked']:.2f} (floor {res['psnr_masked_floor']:.2f})")
+
+
 def verify(args) -> int:
     """Rerun recorded (arm, seed, steps) runs from scratch in a temporary folder and compare every
     accuracy with its record: the check that a committed number reproduces."""
@@ -397,7 +415,7 @@ def report(args) -> Path:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("run", "report", "verify"))
+    p.add_argument("command", choices=("run", "report", "verify", "refresh-recon"))
     p.add_argument("--stage", default="dose", help="dose | confirm | power | ft | budget (ignored with --arms)")
     p.add_argument("--arms", nargs="+", choices=list(ARMS) + list(BASELINES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -420,6 +438,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.command == "verify":
         return verify(args)
+    if args.command == "refresh-recon":
+        refresh_recon(args)
     if args.command == "run":
         if args.dataset == "fashion_mnist" and not FASHION_SYSTEM_DIR.exists():
             subprocess.run(["bash", str(ROOT / "scripts" / "install_fashion_mnist.sh")], check=True)

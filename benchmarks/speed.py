@@ -167,7 +167,7 @@ def bench_probe(n_images, img_size, epochs, measured_reencode_epochs=2):
     probe_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(measured_reencode_epochs):  # what a probe without the cache does each epoch
-        f = extract_features(model, images, img_size, progress=False)
+        f = extract_features(model, images, img_size, progress=False)["cls"]
         linear_probe(f, labels, f, labels, epochs=1, progress=False)
     reencode_epoch_s = (time.perf_counter() - t0) / measured_reencode_epochs
     cached = encode_s + probe_s

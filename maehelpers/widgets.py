@@ -68,14 +68,18 @@ class Inspector:
         plt.close(fig)
 
 
-def show_inspector(models: dict, images_u8, img_size: int):
-    """A static picture of the first image (for viewers without widgets), then the live inspector."""
+def show_inspector(models: dict, images_u8, img_size: int, live: bool = True):
+    """A static picture of the first image (for viewers without widgets), then the live inspector.
+    live=False (batch runs: papermill's client can stall on widget messages) stops after the picture."""
     if not models:
         print("No pretrained model to inspect: run 01 or 02 first.")
         return None
     fig, _ = draw_inspector(models, images_u8, img_size)
     display(fig)
     plt.close(fig)
+    if not live:
+        print("(batch run: the static picture only; run the notebook interactively for the sliders)")
+        return None
     try:
         inspector = Inspector(models, images_u8, img_size)
     except ImportError:

@@ -262,7 +262,7 @@ NOTEBOOKS = {
         "Laplacian error inside removed patches (patch interiors, so seams and visible neighbours do not "
         "count). The table gives mean ± sd over seeds where a variant has several runs, says when it has "
         "one, and leaves unmeasured values blank (-). Pictures and the table go to `runs/compare/`.",
-        EVAL_PARAMS) + [
+        EVAL_PARAMS, "live_widgets = True   # False in batch runs (papermill): the static picture only") + [
         md("## Which runs\nListed, nothing written."),
         check("print(nb.list_runs(paths))"),
         md("## Metrics, reconstruction grid, curves, table"),
@@ -273,7 +273,7 @@ NOTEBOOKS = {
         md("## Inspect interactively\nA static picture first (for viewers without widgets), then the sliders: "
            "image, mask ratio, mask seed (applied when released); pick the models. Every model gets the same mask."),
         code("from maehelpers.widgets import show_inspector\n"
-             "inspector = show_inspector(vis['models'], vis['images'], vis['img_size'])"),
+             "inspector = show_inspector(vis['models'], vis['images'], vis['img_size'], live=live_widgets)"),
         md("## What was written\n`runs/compare/`: `recon_grid.png`, `curves.png` (the masked MSE that all variants "
            "share on common axes, extra terms in their own panel), `results.png`, `compare.md`, `compare.json`; "
            "every run's `results.json` now also holds the reconstruction metrics under `recon`, keyed to its encoder."),
@@ -281,7 +281,7 @@ NOTEBOOKS = {
     ],
 }
 
-SMOKE = {"dataset": "synthetic", "preset": "smoke"}
+SMOKE = {"dataset": "synthetic", "preset": "smoke", "live_widgets": False}
 
 
 def build() -> dict:
@@ -307,8 +307,14 @@ def execute(notebooks: dict, params: dict, tmp: Path) -> dict:
         src, dst = tmp / f"in_{name}", tmp / name
         nbformat.write(nb, src)
         declared = pm.inspect_notebook(str(src))
-        pm.execute_notebook(str(src), str(dst), parameters={k: v for k, v in params.items() if k in declared},
-                            progress_bar=False, cwd=str(ROOT))
+        for attempt in range(2):  # a kernel message lost under heavy load can stall a cell: one retry
+            try:
+                pm.execute_notebook(str(src), str(dst), parameters={k: v for k, v in params.items() if k in declared},
+                                    progress_bar=False, cwd=str(ROOT), execution_timeout=1800)
+                break
+            except TimeoutError:
+                if attempt:
+                    raise
         done[name] = {c.id: c for c in nbformat.read(dst, as_version=4).cells}
     return done
 
@@ -335,7 +341,8 @@ def store_outputs(notebooks: dict, documented: dict | None = None) -> None:
         real = None
         if documented:
             (Path(tmp) / "doc").mkdir()
-            real = execute(notebooks, {**documented, "data_root": str(ROOT / "data"), "runs_root": f"{tmp}/runs"},
+            real = execute(notebooks, {**documented, "data_root": str(ROOT / "data"), "runs_root": f"{tmp}/runs",
+                                       "live_widgets": False},
                            Path(tmp) / "doc")
         for name, nb in notebooks.items():
             for count, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):

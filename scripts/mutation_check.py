@@ -8,7 +8,7 @@ catch each of them.
 A mutation replaces one exact piece of source text (it must occur exactly once, so a refactor that
 moves the code makes the check fail loudly rather than test nothing). A mutation is "killed" when
 pytest fails on the mutated copy; a "survivor" is a bug that no test noticed. The fast suite is
-every test file except the notebook, reliability and benchmark ones.
+every test file except the notebook, reliability, benchmark, browser and distributed ones.
 """
 import argparse
 import os
@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOW = ("tests/test_notebooks.py", "tests/test_reliability.py", "tests/test_benchmarks.py")
+SLOW = ("tests/test_notebooks.py", "tests/test_reliability.py", "tests/test_benchmarks.py", "tests/test_browser.py",
+        "tests/test_distributed.py")
 
 # name: (file, original text, mutated text, the test that should catch it: tried first, alone)
 MUTATIONS = {
@@ -133,8 +134,8 @@ def check(name: str, copy: Path, timeout: int) -> tuple[str, float]:
     try:
         if run_pytest(copy, [first], timeout):
             return f"killed by {first}", time.time() - t0
-        fast = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_*.py"))
-                if str(p.relative_to(ROOT)) not in SLOW]
+        fast = [str(p.relative_to(copy)) for p in sorted((copy / "tests").glob("test_*.py"))
+                if str(p.relative_to(copy)) not in SLOW]
         return ("killed by the fast suite" if run_pytest(copy, fast, timeout) else "SURVIVED"), time.time() - t0
     finally:
         (copy / path).write_text(source)

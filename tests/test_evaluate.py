@@ -44,6 +44,10 @@ def test_knn_hand_example():
     train = torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1.0]])
     labels = torch.tensor([0, 0, 1])
     assert knn_top1(train, labels, torch.tensor([[1.0, 0.05], [0.05, 1.0]]), torch.tensor([0, 1]), k=1) == 100.0
+    # cosine, not the dot product: a long vector in another direction must not win on its length
+    long_and_off = torch.tensor([[10.0, 0.0], [0.6, 0.8]])
+    query = torch.tensor([[0.6, 0.8]])                  # cosine 0.6 vs 1.0; dot 6.0 vs 1.0
+    assert knn_top1(long_and_off, torch.tensor([0, 1]), query, torch.tensor([1]), k=1) == 100.0
 
 
 def test_psnr_hand_value_cap_and_mask():

@@ -73,7 +73,7 @@ def test_series_runs_under_nbval(tmp_path):
     """Every notebook end to end on the smoke preset (synthetic data), comparing the stored outputs
     of the cells tagged nbval-check-output; other outputs (times, bars) are not compared."""
     params = {"dataset": "synthetic", "preset": "smoke", "data_root": str(tmp_path / "data"),
-              "runs_root": str(tmp_path / "runs")}
+              "runs_root": str(tmp_path / "runs"), "live_widgets": False}
     for name in NAMES:
         nbformat.write(parameterize_notebook(load_notebook_node(str(NB_DIR / f"{name}.ipynb")), params), tmp_path / f"{name}.ipynb")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
