@@ -100,8 +100,9 @@ def code(text):
 
 
 DOCUMENTED = ("*The outputs stored in this notebook come from `python scripts/make_notebooks.py --documented-run "
-              "fashion_mnist ablation` (Fashion-MNIST, preset `ablation`, seed 0, on a 2-core CPU); running it "
-              "replaces them with yours.*")
+              "synthetic smoke` (synthetic images, the `smoke` preset, seconds on a CPU): they show what each cell "
+              "draws, not results. `--documented-run fashion_mnist ablation` stores a real run's instead; "
+              "running the notebook replaces them with yours.*")
 
 
 def head(title, intro, names=DATA_PARAMS, extra_params=""):
