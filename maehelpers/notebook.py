@@ -1,5 +1,6 @@
 """What the notebooks call: one short function per step, so the notebooks stay thin and 01/02
 differ only in their parameters."""
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +150,6 @@ def raw_pixels(cfg, data, out_dir: Path, force: bool = False) -> dict:
     """The raw-pixel baseline for these images and eval settings, cached in out_dir/raw_pixels.json."""
     from .evaluate import data_key, raw_pixel_baseline
     from .runs import save_json
-    import json
     e = cfg.eval
     key = {"data": data_key(data[0]) + data_key(data[1]), "img_size": cfg.model.img_size, "lp_epochs": e.lp_epochs,
            "batch_size": e.batch_size, "lr": e.lp_lr, "k": e.knn_k, "t": e.knn_t}

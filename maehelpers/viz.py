@@ -3,6 +3,7 @@
 Every function draws a matplotlib Figure (for notebooks) and, given a path, saves it as PNG at a
 fixed size (no tight bounding box), so files are comparable between runs.
 """
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -107,7 +108,6 @@ def draw_results(rows, metrics=("lp_top1", "knn_top1", "ft_top1"), errors: dict 
     """Grouped bars of top-1 per row (dicts with `label` and the metrics). A missing metric draws
     no bar (not a 0 % one); error bars are the rows' `<metric>_sd` (sd over seeds) unless
     errors[(row label, metric)] gives them; each label says how many seeds it holds."""
-    import math
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 3.5), dpi=DPI)
     width = 0.8 / len(metrics)
     for k, metric in enumerate(metrics):
