@@ -3,7 +3,7 @@
     python benchmarks/ablation.py run --stage dose            # every arm, seed 0 (about 1.5 h on 2 cores)
     python benchmarks/ablation.py run --stage confirm         # 3 seeds for arms within 1 point of the best
     python benchmarks/ablation.py run --stage power           # seeds 0-9 for original and the best two arms
-    python benchmarks/ablation.py run --stage ft              # fine-tuning: original, best arm, scratch; 3 seeds
+    python benchmarks/ablation.py run --stage ft              # fine-tuning (10 epochs): original, best arm, scratch; 3 seeds
     python benchmarks/ablation.py run --stage budget          # original and best arm at 4x and 8x the steps
     python benchmarks/ablation.py run --arms original uniformity --seeds 0 1 2 --steps 2000
     python benchmarks/ablation.py report                      # tables and plot from the records
@@ -46,8 +46,10 @@ from maehelpers.config import make_config, to_dict  # noqa: E402
 from maehelpers.data import FASHION_SYSTEM_DIR  # noqa: E402
 from maehelpers.evaluate import (evaluate_run, load_eval_data, make_scratch_run, raw_pixel_baseline,  # noqa: E402
                                  recon_run)
-from maehelpers.pretrain import cpu_name, pretrain  # noqa: E402
+from maehelpers.masking import mask_ratio_at  # noqa: E402
+from maehelpers.pretrain import build_model, cpu_name, pretrain  # noqa: E402
 from maehelpers.runs import git_commit, read_jsonl, read_results, save_json  # noqa: E402
+from speed import flops_per_step  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 HEADLINE = "knn_top1_mean"
@@ -137,9 +139,11 @@ def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
         recon_run(run, data[1], args.device)
     t0 = time.time()
     res = evaluate_run(run, args.data_root, ("lp", "knn") + (("ft",) if args.ft else ()), data=data,
-                       device=args.device, progress=False, overrides={"eval.pool": "mean"})
+                       device=args.device, progress=False,
+                       overrides={"eval.pool": "mean", **({"eval.ft_epochs": args.ft_epochs} if args.ft else {})})
     return {"arm": arm, "variant": cfg.variant.name, "overrides": overrides, "seed": seed, "steps": steps,
             **{m: res.get(m) for m in METRICS}, "ft_recipe": (res.get("ft") or {}).get("recipe"),
+            "ft_epochs": args.ft_epochs if args.ft else None,
             "eval_time_s": round(time.time() - t0, 1), **_provenance(load, args.device)}
 
 
@@ -202,7 +206,7 @@ def plan(args, records) -> list[tuple]:
             raise ValueError(f"unknown stage {args.stage!r}")
     want_ft = args.ft
     return [k for k in dict.fromkeys(todo)
-            if k not in records or (want_ft and k[0] != "raw_pixels" and records[k].get("ft_top1") is None)]
+            if k not in records or (want_ft and k[0] != "raw_pixels" and records[k].get("ft_epochs") != args.ft_epochs)]
 
 
 def ranked_arms(records, steps) -> list[tuple]:
@@ -290,6 +294,41 @@ def summarise(records: dict) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- compute
+def pretrain_flops(arm: str, args, steps: int) -> float:
+    """Training FLOPs of one run (forward + backward, torch's flop counter), summed over its mask-ratio
+    schedule: a step's count depends only on how many patches stay visible."""
+    cfg = arm_config(arm, args, 0, steps)
+    model, L = build_model(cfg), (cfg.model.img_size // cfg.model.patch_size) ** 2
+    imgs = torch.zeros(1, 3, cfg.model.img_size, cfg.model.img_size)
+    by_keep, total = {}, 0.0
+    for step in range(steps):
+        ratio = mask_ratio_at(step / steps, cfg.variant)
+        keep = int(L * (1 - ratio))
+        if keep not in by_keep:
+            by_keep[keep] = flops_per_step(lambda: model(imgs, ratio)[0].backward())
+        total += by_keep[keep] * cfg.train.batch_size
+    return total
+
+
+def compute_matched(rows, args, arm: str = "curriculum", steps: int = 500) -> dict | None:
+    """`arm` against original at equal training FLOPs: the arm's k-NN at `steps` against original's
+    mean k-NN at the steps with the same FLOPs, interpolated linearly in log(steps) between the two
+    nearest budgets that original has been run at (a reading of its learning curve, not a run)."""
+    curve = sorted((r["steps"], r[HEADLINE]) for r in rows if r["arm"] == "original" and r.get(HEADLINE) is not None)
+    mine = next((r for r in rows if r["arm"] == arm and r["steps"] == steps and r.get(HEADLINE) is not None), None)
+    if mine is None or len(curve) < 2:
+        return None
+    ratio = pretrain_flops(arm, args, steps) / pretrain_flops("original", args, steps)
+    target = steps * ratio
+    (s0, a0), (s1, a1) = next(((p, q) for p, q in zip(curve, curve[1:]) if p[0] <= target <= q[0]), curve[:2])
+    matched = a0 + (a1 - a0) * math.log(target / s0) / math.log(s1 / s0)
+    return {"arm": arm, "steps": steps, "flops_ratio": ratio, "original_steps_at_equal_flops": target,
+            "original_at_equal_flops": matched, "arm_value": mine[HEADLINE], "diff_at_equal_flops": mine[HEADLINE] - matched,
+            "diff_at_equal_steps": (mine.get(f"{HEADLINE}_vs_original") or {}).get("diff"),
+            "interpolated_between": [s0, s1], "seeds": mine["seeds"]}
+
+
 # ----------------------------------------------------------------------------- report
 def fmt_value(row, m, digits=2) -> str:
     if row.get(m) is None:
@@ -319,6 +358,16 @@ def markdown(rows) -> str:
                      f"{psnr} | {time_s} |")
     return "\n".join(lines) + ("\n\nΔ: paired by seed, mean ± 95 % t half-width; '(1 seed)' has no interval. "
                                "* timing taken while the machine was under load.\n")
+
+
+def matched_markdown(m) -> str:
+    if not m:
+        return ""
+    return (f"\nCompute-matched: {m['arm']} at {m['steps']} steps costs {m['flops_ratio']:.3f}x the training FLOPs "
+            f"of original; original at {m['original_steps_at_equal_flops']:.0f} steps (interpolated in log steps "
+            f"between its {m['interpolated_between'][0]}- and {m['interpolated_between'][1]}-step runs) scores "
+            f"{m['original_at_equal_flops']:.2f} k-NN, so {m['arm']} is {m['diff_at_equal_flops']:+.2f} at equal "
+            f"FLOPs ({m['diff_at_equal_steps']:+.2f} at equal steps; seeds {m['seeds']}).\n")
 
 
 def plot(rows, path, steps: int) -> None:
@@ -352,6 +401,41 @@ def plot(rows, path, steps: int) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_budget(rows, path) -> bool:
+    """k-NN (mean pool, mean over seeds) against pretraining steps for every arm run at more than one
+    budget, with the raw-pixel and random-encoder levels: does the gap grow with training?"""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    arms = [a for a in dict.fromkeys(r["arm"] for r in rows if r["arm"] in ARMS)
+            if len({r["steps"] for r in rows if r["arm"] == a}) > 1]
+    if not arms:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for i, arm in enumerate(arms):
+        mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["steps"])
+        seeds = ", ".join(str(len(r["seeds"])) for r in mine)
+        ax.plot([r["steps"] for r in mine], [r[HEADLINE] for r in mine], "o-", color=f"C{i}",
+                label=f"{arm} (seeds: {seeds})")
+    for name, style in (("raw_pixels", "--"), ("random", ":")):
+        level = [r[HEADLINE] for r in rows if r["arm"] == name and r.get(HEADLINE) is not None]
+        if level:
+            ax.axhline(level[0], color="0.4", ls=style, lw=1, label=name.replace("_", " "))
+    ax.set_xscale("log")
+    budgets = sorted({r["steps"] for r in rows if r["arm"] in arms})
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("pretraining steps (each its own run, cosine schedule to 0)")
+    ax.set_ylabel("k-NN top-1, mean pool (%)")
+    ax.set_title("mean over seeds (how many per budget in the legend)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 def refresh_recon(args) -> None:
@@ -403,12 +487,14 @@ def report(args) -> Path:
     stem.parent.mkdir(parents=True, exist_ok=True)
     steps = sorted({r["steps"] for r in rows if r["steps"]})
     config = arm_config("original", args, 0, steps[0] if steps else 500)
+    matched = compute_matched(rows, args)
     save_json({"dataset": args.dataset, "preset": args.preset, "headline": HEADLINE, "rows": rows,
-               "records": len(records), "config_of_original": to_dict(config),
+               "records": len(records), "config_of_original": to_dict(config), "compute_matched": matched,
                "command": "python benchmarks/ablation.py report"}, stem.with_suffix(".json"))
-    stem.with_suffix(".md").write_text(markdown(rows))
+    stem.with_suffix(".md").write_text(markdown(rows) + matched_markdown(matched))
     for st in steps:
         plot(rows, stem.parent / f"{stem.name}_{st}.png", st)
+    plot_budget(rows, stem.parent / f"{stem.name}_budget.png")
     print(stem.with_suffix(".md").read_text())
     return stem
 
@@ -421,6 +507,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=500, help="pretraining steps (a multiple of an epoch: 125 in ablation)")
     p.add_argument("--ft", action="store_true", help="also fine-tune (scratch recipe for the random arm)")
+    p.add_argument("--ft-epochs", type=int, default=10, help="fine-tuning epochs on the probe's training images "
+                                                             "(the ablation preset's 2 leave it far below the probe)")
     p.add_argument("--budget-minutes", type=float, default=0, help="stop before a run that would not fit")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="cpu", help="cpu (deterministic records) or cuda (with --preset ablation_gpu)")

@@ -69,7 +69,8 @@ def run_command(args) -> None:
     make_config("original", args.preset, args.dataset)  # unknown names fail here, before any work
     preflight(args.dataset, data_root, args.preset, None if args.device == "auto" else args.device.startswith("cuda"))
     params = {"dataset": args.dataset, "preset": args.preset, "data_root": str(data_root),
-              "runs_root": str(runs_root), "seed": args.seed, "device": args.device, "live_widgets": False}
+              "runs_root": str(runs_root), "seed": args.seed, "device": args.device, "live_widgets": False,
+              "official_look": False}  # no 450 MB download unasked: -p official_look True
     params.update({k: literal(v) for k, v in args.parameter})
     out = run_series(params, args.only, runs_root)
     print(f"executed notebooks: {out}/")

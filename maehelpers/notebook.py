@@ -222,3 +222,19 @@ def visualize_all(paths: Paths, n_images: int = 6, mask_ratio: float = 0.75, see
     plot_results(rows, paths.compare / "results.png")
     return {"models": models, "images": test.images[:64], "img_size": cfg.model.img_size,
             "table": (paths.compare / "compare.md").read_text()}
+
+
+def show_official(vis: dict, paths: Paths, n_images: int = 4, mask_ratio: float = 0.75, seed: int = 0):
+    """Optional quick look: the official ViT-B visualisation MAE (downloaded once into data_root)
+    beside the first of vis['models'], on the same images with masks over the same regions; saved
+    as runs/compare/official.png. Offline it says so and returns None."""
+    from .official import load_official, side_by_side
+    from .viz import draw_official, save
+    official = load_official(Path(paths.data_root) / "official")
+    if official is None:
+        return None
+    name, ours = next(iter(vis["models"].items()))
+    pair = side_by_side(ours, official.to(paths.device), vis["images"][:n_images], vis["img_size"], mask_ratio, seed)
+    fig = draw_official(name, *pair, mask_ratio, seed)
+    save(fig, paths.compare / "official.png")
+    return fig

@@ -160,7 +160,10 @@ def _step_inputs(cfg, images_u8, step: int, total_steps: int, num_patches: int, 
     g = step_generator(cfg.seed, step, device)
     imgs = augment(images_u8, cfg.model.img_size, cfg.train.crop_scale, generator=g, device=device)
     noise = torch.rand(imgs.shape[0], num_patches, generator=g, device=device)
-    u = torch.rand(1, generator=g, device=device).item() if cfg.variant.mask_schedule == "random" else 0.5
+    u = 0.5
+    if cfg.variant.mask_schedule == "random":  # drawn on the host on CUDA: .item() of a GPU value would wait
+        host = g if g.device.type == "cpu" else step_generator(cfg.seed, step, torch.device("cpu"))
+        u = torch.rand(1, generator=host).item()
     mine = w.slice(imgs.shape[0])
     return imgs[mine], noise[mine], mask_ratio_at(step / total_steps, cfg.variant, u)
 

@@ -40,17 +40,34 @@ def draw_recon_grid(models: dict, images_u8, img_size: int, mask_ratio: float = 
         columns.append((name, recon, psnrs[name]))
         if pasted:
             columns.append((f"{name} + visible", paste, None))
+    fig = _draw_columns(columns, n, f"mask ratio {mask_ratio}, mask seed {seed}; PSNR on masked pixels")
+    return fig, psnrs, masks
+
+
+def _draw_columns(columns, n: int, title: str):
+    """A figure of n rows; columns are (title, (N, 3, H, W) images in [0, 1], per-image PSNR or None)."""
     fig, axes = plt.subplots(n, len(columns), figsize=(1.6 * len(columns), 1.75 * n), dpi=DPI, squeeze=False)
     for i in range(n):
-        for j, (title, panel, psnr) in enumerate(columns):
+        for j, (name, panel, psnr) in enumerate(columns):
             ax = axes[i, j]
             ax.imshow(_to_hwc(panel[i]).clip(0, 1))
             ax.set_xticks([]), ax.set_yticks([])
-            lines = ([title] if i == 0 else []) + ([f"{psnr[i]:.1f} dB"] if psnr is not None else [])
+            lines = ([name] if i == 0 else []) + ([f"{psnr[i]:.1f} dB"] if psnr is not None else [])
             ax.set_title("\n".join(lines), fontsize=7)
-    fig.suptitle(f"mask ratio {mask_ratio}, mask seed {seed}; PSNR on masked pixels", fontsize=8)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title above the column titles
-    return fig, psnrs, masks
+    return fig
+
+
+def draw_official(name: str, ours, official, mask_ratio: float = 0.75, seed: int = 0):
+    """One of the series' models beside the official ViT-B on the same images and mask regions;
+    ours and official are reconstruct()'s outputs (official.side_by_side)."""
+    columns = [("image", ours[0], None)]
+    for label, (original, masked, _, pasted, pm) in ((name, ours), ("official ViT-B", official)):
+        columns += [(f"{label}: input", masked, None), (f"{label} + visible", pasted,
+                                                        masked_psnr(pasted, original, pm).cpu())]
+    return _draw_columns(columns, len(ours[0]), f"mask ratio {mask_ratio}, mask seed {seed}; the official "
+                         "model sees the image at 224 px; PSNR on masked pixels at each model's size")
 
 
 def save(fig, path) -> Path:

@@ -99,15 +99,23 @@ def code(text):
     return new_code_cell(text)
 
 
-DOCUMENTED = ("*The outputs stored in this notebook come from `python scripts/make_notebooks.py --documented-run "
-              "synthetic smoke` (synthetic images, the `smoke` preset, seconds on a CPU): they show what each cell "
-              "draws, not results. `--documented-run fashion_mnist ablation` stores a real run's instead; "
-              "running the notebook replaces them with yours.*")
+DOC_MARK = "<documented run>"
+
+
+def documented_note(documented: dict | None) -> str:
+    """The line under each title that says where the stored outputs come from."""
+    if not documented:
+        return ("*Outputs stored here come from `python scripts/make_notebooks.py --store-outputs` (the checked "
+                "cells of a synthetic smoke run); running the notebook fills in the rest.*")
+    return (f"*The outputs stored in this notebook come from `python scripts/make_notebooks.py --documented-run "
+            f"{documented['dataset']} {documented['preset']}`: a real run of the whole series on a 2-core CPU "
+            f"with `dataset = \"{documented['dataset']}\"`, `preset = \"{documented['preset']}\"` and the other "
+            "parameters as below. Running the notebook replaces them with yours.*")
 
 
 def head(title, intro, names=DATA_PARAMS, extra_params=""):
     setup = SETUP.format(runs_root="runs_root" if "runs_root" in names else '"runs"')
-    return [md(f"# {title}\n\n{intro}\n\n{DOCUMENTED}"), code(INSTALL.format(url=URL_MARK)),
+    return [md(f"# {title}\n\n{intro}\n\n{DOC_MARK}"), code(INSTALL.format(url=URL_MARK)),
             md("**Parameters.** Change them here, or pass them with papermill "
                "(`python -m maehelpers run -p KEY VALUE`)."), parameters(names, extra_params), code(setup)]
 
@@ -237,7 +245,9 @@ NOTEBOOKS = {
         "bought. The two rows use different recipes on purpose: layer-wise lr decay protects pretrained "
         "lower layers, but on a random network it would starve the patch embedding of learning rate "
         "(0.75^9 ~ 0.08x), so the scratch row trains without it, as the MAE paper's from-scratch ViT. "
-        "The `ft_recipe` column says which recipe each row used.",
+        "The `ft_recipe` column says which recipe each row used. The short presets fine-tune for 2 epochs "
+        "(`smoke`, `ablation`): far from converged, so their top-1 can sit below the linear probe's; read "
+        "pretrained against scratch, or raise `ft_epochs`.",
         EVAL_PARAMS, "ft_epochs = None     # None keeps the value of the preset\nbatch_size = None") + [
         md("## The recipe\nOfficial MAE fine-tuning, scaled down: global average pooling + LayerNorm + "
            "head, layer-wise lr decay, drop path, label smoothing, warmup + cosine."),
@@ -263,7 +273,8 @@ NOTEBOOKS = {
         "Laplacian error inside removed patches (patch interiors, so seams and visible neighbours do not "
         "count). The table gives mean ± sd over seeds where a variant has several runs, says when it has "
         "one, and leaves unmeasured values blank (-). Pictures and the table go to `runs/compare/`.",
-        EVAL_PARAMS, "live_widgets = True   # False in batch runs (papermill): the static picture only") + [
+        EVAL_PARAMS, "live_widgets = True   # False in batch runs (papermill): the static picture only\n"
+        "official_look = True  # download the official ViT-B MAE (about 450 MB, once) and show it beside ours") + [
         md("## Which runs\nListed, nothing written."),
         check("print(nb.list_runs(paths))"),
         md("## Metrics, reconstruction grid, curves, table"),
@@ -275,6 +286,13 @@ NOTEBOOKS = {
            "image, mask ratio, mask seed (applied when released); pick the models. Every model gets the same mask."),
         code("from maehelpers.widgets import show_inspector\n"
              "inspector = show_inspector(vis['models'], vis['images'], vis['img_size'], live=live_widgets)"),
+        md("## Optional: the official MAE beside ours\nThe MAE authors publish a ViT-B checkpoint for "
+           "visualisation (ImageNet, 224 px, patch 16, trained to predict plain pixels). It loads into this "
+           "package's `MAE` as it is, because the parameter names are the official ones. Below, the first "
+           "model above and the official one reconstruct the same images with masks over the same regions "
+           "(our mask noise resampled to its 14 x 14 grid); the official model sees each image enlarged to "
+           "224 px. Without a network the cell says so and the notebook goes on."),
+        code("if official_look:\n    nb.show_official(vis, paths)"),
         md("## What was written\n`runs/compare/`: `recon_grid.png`, `curves.png` (the masked MSE that all variants "
            "share on common axes, extra terms in their own panel), `results.png`, `compare.md`, `compare.json`; "
            "every run's `results.json` now also holds the reconstruction metrics under `recon`, keyed to its encoder."),
@@ -282,10 +300,10 @@ NOTEBOOKS = {
     ],
 }
 
-SMOKE = {"dataset": "synthetic", "preset": "smoke", "live_widgets": False}
+SMOKE = {"dataset": "synthetic", "preset": "smoke", "live_widgets": False, "official_look": False}
 
 
-def build() -> dict:
+def build(documented: dict | None = None) -> dict:
     out = {}
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook(cells=cells)
@@ -293,9 +311,10 @@ def build() -> dict:
         nb.metadata["language_info"] = {"name": "python"}
         nb.metadata["colab"] = {"provenance": [], "gpuType": "T4"}
         nb.metadata["accelerator"] = "GPU"  # Colab opens the notebook on a GPU runtime
+        nb.metadata["maehelpers"] = {"documented_run": documented}  # what the stored outputs come from
         for i, cell in enumerate(nb.cells):  # stable ids: diffs stay small when the text changes
             cell.id = f"{Path(name).stem[:2]}-{i:02d}"
-            cell.source = cell.source.replace(URL_MARK, repo_url())
+            cell.source = cell.source.replace(URL_MARK, repo_url()).replace(DOC_MARK, documented_note(documented))
         out[name] = nb
     return out
 
@@ -355,6 +374,24 @@ def store_outputs(notebooks: dict, documented: dict | None = None) -> None:
                 cell.execution_count = count + 1 if cell.outputs or checked else None
 
 
+def committed_run() -> dict | None:
+    """The documented run that the committed notebooks' outputs come from (None if none)."""
+    path = NB_DIR / next(iter(NOTEBOOKS))
+    return nbformat.read(path, as_version=4).metadata.get("maehelpers", {}).get("documented_run") if path.exists() else None
+
+
+def keep_committed_outputs(notebooks: dict) -> None:
+    """Regenerating without a run keeps every committed cell's outputs whose source is unchanged
+    (a new repository address, for instance, must not wipe the pictures)."""
+    for name, nb in notebooks.items():
+        if not (NB_DIR / name).exists():
+            continue
+        old = {c.id: c for c in nbformat.read(NB_DIR / name, as_version=4).cells if c.cell_type == "code"}
+        for cell in nb.cells:
+            if cell.cell_type == "code" and cell.id in old and old[cell.id].source == cell.source:
+                cell.outputs, cell.execution_count = old[cell.id].outputs, old[cell.id].execution_count
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store-outputs", action="store_true", help="keep the outputs of the checked cells (smoke)")
@@ -365,10 +402,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repo_url:
         set_repo_url(args.repo_url)
-    notebooks = build()
-    if args.store_outputs or args.documented_run:
-        documented = dict(zip(("dataset", "preset"), args.documented_run)) if args.documented_run else None
+    rerun = args.store_outputs or args.documented_run
+    documented = dict(zip(("dataset", "preset"), args.documented_run)) if args.documented_run else None
+    notebooks = build(documented if rerun else committed_run())
+    if rerun:
         store_outputs(notebooks, documented)
+    else:
+        keep_committed_outputs(notebooks)
     NB_DIR.mkdir(exist_ok=True)
     for name, nb in notebooks.items():
         nbformat.validate(nb)

@@ -110,6 +110,19 @@ MUTATIONS = {
                           "mse = ((pred - target) ** 2).flatten(1).mean(1)", "tests/test_evaluate.py::test_psnr_hand_value_cap_and_mask"),
     "denorm_without_std": ("maehelpers/metrics.py", "pred = pred * (var + 1.0e-6) ** 0.5 + mean", "pred = pred + mean",
                            "tests/test_behaviour.py::test_norm_pix_target_maps_back_to_the_image"),
+    # the official-checkpoint quick look
+    "official_bilinear_noise": ("maehelpers/official.py", 'mode="nearest"', 'mode="bilinear"',
+                                "tests/test_official.py::test_matched_noise_by_hand"),
+    "official_names_unchecked": ("maehelpers/official.py", "if missing or extra or wrong:", "if False:",
+                                 "tests/test_official.py::test_a_cached_official_state_dict_loads_and_predicts_like_its_source"),
+    "official_own_masks": ("maehelpers/official.py", "matched_noise(noise, official.patch_embed.grid_size)",
+                           "torch.rand(len(images_u8), official.num_patches)",
+                           "tests/test_official.py::test_side_by_side_masks_the_same_regions"),
+    # the study's compute-matched reading
+    "matched_linear_in_steps": ("benchmarks/ablation.py", "math.log(target / s0) / math.log(s1 / s0)",
+                                "(target - s0) / (s1 - s0)", "tests/test_benchmarks.py::test_compute_matched_reading_by_hand"),
+    "flops_ignore_schedule": ("benchmarks/ablation.py", "ratio = mask_ratio_at(step / steps, cfg.variant)",
+                              "ratio = cfg.variant.mask_ratio", "tests/test_benchmarks.py::test_pretrain_flops_follow_the_visible_patches"),
 }
 
 

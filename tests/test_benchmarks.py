@@ -62,6 +62,49 @@ def test_records_merge_later_lines_and_rank_arms(tmp_path):
     assert ablation.ranked_arms(records, 500) == [("lowpass", 72.0), ("curriculum", 69.0)]
 
 
+def test_fine_tuning_is_redone_at_other_epochs_only():
+    import argparse
+    import ablation
+    args = argparse.Namespace(arms=["original", "random"], seeds=[0], steps=500, stage="dose", ft=True, ft_epochs=10)
+    records = {("original", 0, 500): {"ft_top1": 41.0, "ft_epochs": 2}, ("random", 0, 500): {"ft_top1": 30.0, "ft_epochs": 10}}
+    assert ablation.plan(args, records) == [("original", 0, 500)]   # 2 epochs is not the asked-for 10
+    args.ft = False
+    assert ablation.plan(args, records) == []                       # without --ft both are finished
+
+
+def test_compute_matched_reading_by_hand(monkeypatch, tmp_path):
+    import ablation
+    flops = {"curriculum": 2.0, "original": 1.0}  # the curriculum costs twice: original at 1000 steps
+    monkeypatch.setattr(ablation, "pretrain_flops", lambda arm, args, steps: flops[arm] * steps)
+    rows = [{"arm": "original", "steps": 500, "seeds": [0, 1], "knn_top1_mean": 70.0},
+            {"arm": "original", "steps": 2000, "seeds": [0, 1], "knn_top1_mean": 76.0},
+            {"arm": "original", "steps": 4000, "seeds": [0, 1], "knn_top1_mean": 90.0},
+            {"arm": "curriculum", "steps": 500, "seeds": [0, 1], "knn_top1_mean": 72.0,
+             "knn_top1_mean_vs_original": {"diff": 2.0}}]
+    m = ablation.compute_matched(rows, None)
+    assert m["interpolated_between"] == [500, 2000]          # the budgets around 1000 steps
+    assert m["original_at_equal_flops"] == pytest.approx(73.0)  # 70 + 6 * log(2) / log(4)
+    assert m["diff_at_equal_flops"] == pytest.approx(-1.0) and m["diff_at_equal_steps"] == 2.0
+    assert ablation.compute_matched(rows[:1] + rows[3:], None) is None  # one budget: no curve to read
+    assert ablation.plot_budget(rows, tmp_path / "budget.png") and (tmp_path / "budget.png").stat().st_size > 0
+
+
+def test_pretrain_flops_follow_the_visible_patches():
+    import argparse
+    import torch
+    import ablation
+    from maehelpers.pretrain import build_model
+    from speed import flops_per_step
+    args = argparse.Namespace(preset="smoke", dataset="synthetic")  # 16 patches
+    cfg = ablation.arm_config("original", args, 0, 8)
+    model, imgs = build_model(cfg), torch.zeros(1, 3, cfg.model.img_size, cfg.model.img_size)
+    f = {k: flops_per_step(lambda: model(imgs, 1 - k / 16)[0].backward()) for k in (8, 7, 6, 5, 4)}
+    batch = cfg.train.batch_size
+    assert ablation.pretrain_flops("original", args, 8) == 8 * batch * f[4]  # ratio 0.75: 4 visible
+    # curriculum 0.5 -> 0.75 over the first half of 8 steps: 8, 7, 6, 5 visible, then 4 for steps 4-7
+    assert ablation.pretrain_flops("curriculum", args, 8) == batch * (f[8] + f[7] + f[6] + f[5] + 4 * f[4])
+
+
 def test_speed_script_quick(tmp_path):
     pytest.importorskip("transformers")
     import speed
