@@ -123,6 +123,12 @@ MUTATIONS = {
                                 "(target - s0) / (s1 - s0)", "tests/test_benchmarks.py::test_compute_matched_reading_by_hand"),
     "flops_ignore_schedule": ("benchmarks/ablation.py", "ratio = mask_ratio_at(step / steps, cfg.variant)",
                               "ratio = cfg.variant.mask_ratio", "tests/test_benchmarks.py::test_pretrain_flops_follow_the_visible_patches"),
+    # the README's study tables
+    "readme_budget_wrong_diff": ("benchmarks/ablation.py", "{fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'lp_top1_mean')} | \"\n               f\"{fmt_value(r, 'knn_top1_cls')}",
+                                 "{fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'knn_top1_mean')} | \"\n               f\"{fmt_value(r, 'knn_top1_cls')}",
+                                 "tests/test_benchmarks.py::test_readme_tables_are_the_committed_records"),
+    "readme_scratch_unlabelled": ("benchmarks/ablation.py", "'scratch, no layer-wise decay' if r['arm'] == 'random' else ",
+                                  "", "tests/test_benchmarks.py::test_readme_tables_replace_only_their_block"),
 }
 
 

@@ -105,6 +105,37 @@ def test_pretrain_flops_follow_the_visible_patches():
     assert ablation.pretrain_flops("curriculum", args, 8) == batch * (f[8] + f[7] + f[6] + f[5] + 4 * f[4])
 
 
+def test_readme_tables_are_the_committed_records():
+    """The README's study tables are what `report --readme` writes from the committed records: a
+    number edited by hand, or records added without regenerating the tables, fails here."""
+    import ablation
+    records = ablation.read_records(ROOT / "benchmarks" / "results" / "ablation_runs.jsonl", "fashion_mnist", "ablation")
+    readme = (ROOT / "README.md").read_text()
+    start, end = (readme.index(m) for m in ablation.README_MARKS)
+    assert readme[start + len(ablation.README_MARKS[0]):end].strip() == ablation.readme_tables(ablation.summarise(records)).strip()
+
+
+def test_readme_tables_replace_only_their_block(tmp_path):
+    import ablation
+    rows = [{"arm": "original", "steps": 500, "seeds": [0, 1], "knn_top1_mean": 70.0, "knn_top1_mean_sd": 1.0,
+             "ft_top1": 80.0, "ft_epochs": 10},
+            {"arm": "random", "steps": 500, "seeds": [0], "knn_top1_mean": 57.0, "ft_top1": 60.0, "ft_epochs": 10,
+             "ft_top1_vs_original": {"diff": -20.0, "ci95": None}}]
+    tables = ablation.readme_tables(rows)
+    assert "| original | 2 | 70.00 ± 1.00 |" in tables
+    assert "| random | 500 | 1 | 60.00 | -20.00 (1 seed) | scratch, no layer-wise decay, 10 epochs |" in tables
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{ablation.README_MARKS[0]}\nstale\n{ablation.README_MARKS[1]}\nafter\n")
+    ablation.replace_readme_tables(readme, tables)
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{ablation.README_MARKS[1]}\nafter\n")
+    assert "stale" not in text and tables in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no block"):
+        ablation.replace_readme_tables(readme, tables)
+    assert readme.read_text() == "no markers\n"   # left as it was
+
+
 def test_speed_script_quick(tmp_path):
     pytest.importorskip("transformers")
     import speed
