@@ -128,12 +128,13 @@ def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
     if arm == "random":
         cfg = arm_config("original", args, seed, steps)
         make_scratch_run(cfg, run, seed)
-        overrides, load = {}, [os.getloadavg()[0]]
+        overrides, load, reused = {}, [os.getloadavg()[0]], False
     else:
         cfg = arm_config(arm, args, seed, steps)
         overrides = ARMS[arm][1]
+        reused = read_results(run).get("status") == "done"
         with LoadMonitor() as monitor:
-            if read_results(run).get("status") != "done":
+            if not reused:
                 pretrain(cfg, run, data_root=args.data_root, progress=not args.quiet, device=args.device)
         load = monitor.samples
         recon_run(run, data[1], args.device)
@@ -141,10 +142,13 @@ def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
     res = evaluate_run(run, args.data_root, ("lp", "knn") + (("ft",) if args.ft else ()), data=data,
                        device=args.device, progress=False,
                        overrides={"eval.pool": "mean", **({"eval.ft_epochs": args.ft_epochs} if args.ft else {})})
+    provenance = _provenance(load, args.device)
+    if reused:  # the pretraining's own threads, commit and load stay in its first record
+        provenance = {f"eval_{k}": v for k, v in provenance.items()}
     return {"arm": arm, "variant": cfg.variant.name, "overrides": overrides, "seed": seed, "steps": steps,
             **{m: res.get(m) for m in METRICS}, "ft_recipe": (res.get("ft") or {}).get("recipe"),
             "ft_epochs": args.ft_epochs if args.ft else None,
-            "eval_time_s": round(time.time() - t0, 1), **_provenance(load, args.device)}
+            "eval_time_s": round(time.time() - t0, 1), **provenance}
 
 
 def raw_pixel_record(args, steps: int, data) -> dict:
@@ -236,7 +240,7 @@ def run_stage(args) -> None:
         append_record({"dataset": args.dataset, "preset": args.preset, **record}, out)
         took.append(time.time() - t0)
         print(f"{arm} s{seed} {steps} steps: k-NN mean {record['knn_top1_mean']:.2f}, LP mean "
-              f"{record['lp_top1_mean']:.2f} ({took[-1]:.0f} s{', under load' if record['under_load'] else ''})",
+              f"{record['lp_top1_mean']:.2f} ({took[-1]:.0f} s{', under load' if record.get('under_load', record.get('eval_under_load')) else ''})",
               flush=True)
 
 

@@ -319,8 +319,8 @@ def build(documented: dict | None = None) -> dict:
     return out
 
 
-def execute(notebooks: dict, params: dict, tmp: Path) -> dict:
-    """Run the series with papermill under `params`; returns {name: {cell id: executed cell}}."""
+def execute(notebooks: dict, params: dict, tmp: Path, cwd: Path = ROOT) -> dict:
+    """Run the series with papermill under `params`, in `cwd`; returns {name: {cell id: executed cell}}."""
     import papermill as pm
     done = {}
     for name, nb in notebooks.items():
@@ -330,7 +330,7 @@ def execute(notebooks: dict, params: dict, tmp: Path) -> dict:
         for attempt in range(2):  # a kernel message lost under heavy load can stall a cell: one retry
             try:
                 pm.execute_notebook(str(src), str(dst), parameters={k: v for k, v in params.items() if k in declared},
-                                    progress_bar=False, cwd=str(ROOT), execution_timeout=1800)
+                                    progress_bar=False, cwd=str(cwd), execution_timeout=1800)
                 break
             except TimeoutError:
                 if attempt:
@@ -359,11 +359,13 @@ def store_outputs(notebooks: dict, documented: dict | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         smoke = execute(notebooks, {**SMOKE, "data_root": f"{tmp}/data", "runs_root": f"{tmp}/smoke"}, Path(tmp))
         real = None
-        if documented:
-            (Path(tmp) / "doc").mkdir()
-            real = execute(notebooks, {**documented, "data_root": str(ROOT / "data"), "runs_root": f"{tmp}/runs",
-                                       "live_widgets": False},
-                           Path(tmp) / "doc")
+        if documented:  # run where `data` is the repo's data folder, so the outputs show a user's default paths
+            doc = Path(tmp) / "doc"
+            doc.mkdir()
+            (ROOT / "data").mkdir(exist_ok=True)
+            (doc / "data").symlink_to(ROOT / "data")
+            real = execute(notebooks, {**documented, "data_root": "data", "runs_root": "runs", "live_widgets": False},
+                           doc, cwd=doc)
         for name, nb in notebooks.items():
             for count, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
                 checked = CHECK in cell.metadata.get("tags", [])

@@ -123,6 +123,8 @@ MUTATIONS = {
                                 "(target - s0) / (s1 - s0)", "tests/test_benchmarks.py::test_compute_matched_reading_by_hand"),
     "flops_ignore_schedule": ("benchmarks/ablation.py", "ratio = mask_ratio_at(step / steps, cfg.variant)",
                               "ratio = cfg.variant.mask_ratio", "tests/test_benchmarks.py::test_pretrain_flops_follow_the_visible_patches"),
+    "eval_record_overwrites_provenance": ("benchmarks/ablation.py", "    if reused:  # the pretraining's", "    if False:  # the pretraining's",
+                                          "tests/test_benchmarks.py::test_ablation_runner_tiny_records_skip_and_report"),
     # the README's study tables
     "readme_budget_wrong_diff": ("benchmarks/ablation.py", "{fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'lp_top1_mean')} | \"\n               f\"{fmt_value(r, 'knn_top1_cls')}",
                                  "{fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'knn_top1_mean')} | \"\n               f\"{fmt_value(r, 'knn_top1_cls')}",

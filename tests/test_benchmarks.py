@@ -24,6 +24,13 @@ def test_ablation_runner_tiny_records_skip_and_report(tmp_path):
         assert key in lap
     ablation.main(["run", "--arms", "original", "--seeds", "0", "1", *common])   # finished: nothing added
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 8
+    ablation.main(["run", "--arms", "original", "--seeds", "0", "--ft", "--ft-epochs", "1", *common])
+    first, tuned = (json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()[::8])
+    assert tuned["ft_top1"] is not None and tuned["ft_epochs"] == 1
+    assert "threads" not in tuned and tuned["eval_threads"] == first["threads"]  # the pretraining's stay its own
+    merged = ablation.read_records(tmp_path / "runs.jsonl")[("original", 0, 16)]
+    assert merged["git_commit"] == first["git_commit"] and merged["ft_top1"] == tuned["ft_top1"]
+    (tmp_path / "runs.jsonl").write_text("\n".join((tmp_path / "runs.jsonl").read_text().splitlines()[:8]) + "\n")
     assert ablation.main(["verify", "--arms", "lap_replicate_10x", "--seeds", "1", *common]) == 0  # reproduces
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     doctored = [json.dumps({**json.loads(x), "knn_top1_cls": 1.0}) if '"lap_replicate_10x"' in x else x for x in lines]
