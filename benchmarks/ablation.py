@@ -354,43 +354,62 @@ def markdown(rows) -> str:
             "| FT | nMSE masked | PSNR (floor) | pretrain s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        psnr = f"{r['psnr_masked']:.2f} ({r['psnr_masked_floor']:.2f})" if r.get("psnr_masked") is not None else ""
         time_s = fmt_value(r, "pretrain_time_s", 0) + (" *" if r["under_load"] and r.get("pretrain_time_s") else "")
         lines.append(f"| {r['arm']} | {r['steps']} | {len(r['seeds'])} | {fmt_value(r, 'knn_top1_mean')} | "
                      f"{fmt_diff(r, 'knn_top1_mean')} | {fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'lp_top1_mean')} | "
                      f"{fmt_value(r, 'knn_top1_cls')} | {fmt_diff(r, 'knn_top1_cls')} | {fmt_value(r, 'lp_top1_cls')} | "
                      f"{fmt_diff(r, 'lp_top1_cls')} | {fmt_value(r, 'ft_top1')} | {fmt_value(r, 'nmse_masked', 3)} | "
-                     f"{psnr} | {time_s} |")
+                     f"{fmt_psnr(r)} | {time_s} |")
     return "\n".join(lines) + ("\n\nΔ: paired by seed, mean ± 95 % t half-width; '(1 seed)' has no interval. "
                                "* timing taken while the machine was under load.\n")
 
 
+def fmt_psnr(row) -> str:
+    return f"{row['psnr_masked']:.2f} ({row['psnr_masked_floor']:.2f})" if row.get("psnr_masked") is not None else ""
+
+
+def table(head: list[str], lines: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(cells) + " |" for cells in lines)])
+
+
+def arm_table(rows, steps: int) -> str:
+    """Every arm at one budget: both probes on the mean pool, the cls-token differences, reconstruction."""
+    return table(["arm", "seeds", "k-NN, mean pool", "Δ vs original", "LP, mean pool", "Δ", "k-NN, cls Δ", "LP, cls Δ",
+                  "nMSE masked", "PSNR masked (floor)"],
+                 [[r["arm"], str(len(r["seeds"])), fmt_value(r, "knn_top1_mean"), fmt_diff(r, "knn_top1_mean"),
+                   fmt_value(r, "lp_top1_mean"), fmt_diff(r, "lp_top1_mean"), fmt_diff(r, "knn_top1_cls"),
+                   fmt_diff(r, "lp_top1_cls"), fmt_value(r, "nmse_masked", 3), fmt_psnr(r)]
+                  for r in rows if r["steps"] == steps])
+
+
+def budget_table(rows) -> str:
+    """The learning curve: every arm run at more than one budget, with its paired gap, and raw pixels."""
+    curve = [a for a in dict.fromkeys(r["arm"] for r in rows) if len({r["steps"] for r in rows if r["arm"] == a}) > 1]
+    return table(["arm", "steps", "seeds", "k-NN, mean pool", "Δ vs original", "LP, mean pool", "Δ", "k-NN, cls",
+                  "LP, cls"],
+                 [[r["arm"], str(r["steps"]), str(len(r["seeds"])), fmt_value(r, "knn_top1_mean"),
+                   fmt_diff(r, "knn_top1_mean"), fmt_value(r, "lp_top1_mean"), fmt_diff(r, "lp_top1_mean"),
+                   fmt_value(r, "knn_top1_cls"), fmt_value(r, "lp_top1_cls")]
+                  for a in [*curve, "raw_pixels"] for r in rows if r["arm"] == a])
+
+
+def ft_table(rows) -> str:
+    """Fine-tuning where it was run; the random encoder is fine-tuned with the scratch recipe."""
+    return table(["arm", "steps", "seeds", "fine-tuning top-1", "Δ vs original", "recipe"],
+                 [[r["arm"], str(r["steps"]), str(len(r["seeds"])), fmt_value(r, "ft_top1"), fmt_diff(r, "ft_top1"),
+                   f"{'scratch, no layer-wise decay' if r['arm'] == 'random' else 'layer-wise decay'}, "
+                   f"{r.get('ft_epochs')} epochs"]
+                  for r in rows if r.get("ft_top1") is not None])
+
+
 def readme_tables(rows) -> str:
     """The README's tables, generated from the summary rows: every arm at the shortest budget,
-    the learning curve (arms run at several budgets, with raw pixels), and fine-tuning where run."""
+    the learning curve, and fine-tuning where run."""
     base = min((r["steps"] for r in rows), default=0)
-    floor = lambda r: f"{r['psnr_masked']:.2f} ({r['psnr_masked_floor']:.2f})" if r.get("psnr_masked") is not None else ""
-    per_arm = ["| arm | seeds | k-NN, mean pool | Δ vs original | LP, mean pool | Δ | k-NN, cls Δ | LP, cls Δ "
-               "| nMSE masked | PSNR masked (floor) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    per_arm += [f"| {r['arm']} | {len(r['seeds'])} | {fmt_value(r, 'knn_top1_mean')} | {fmt_diff(r, 'knn_top1_mean')} | "
-                f"{fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'lp_top1_mean')} | {fmt_diff(r, 'knn_top1_cls')} | "
-                f"{fmt_diff(r, 'lp_top1_cls')} | {fmt_value(r, 'nmse_masked', 3)} | {floor(r)} |"
-                for r in rows if r["steps"] == base]
-    curve_arms = [a for a in dict.fromkeys(r["arm"] for r in rows) if len({r["steps"] for r in rows if r["arm"] == a}) > 1]
-    budget = ["| arm | steps | seeds | k-NN, mean pool | Δ vs original | LP, mean pool | Δ | k-NN, cls | LP, cls |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    budget += [f"| {r['arm']} | {r['steps']} | {len(r['seeds'])} | {fmt_value(r, 'knn_top1_mean')} | "
-               f"{fmt_diff(r, 'knn_top1_mean')} | {fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'lp_top1_mean')} | "
-               f"{fmt_value(r, 'knn_top1_cls')} | {fmt_value(r, 'lp_top1_cls')} |"
-               for a in [*curve_arms, "raw_pixels"] for r in rows if r["arm"] == a]
-    tuned = [r for r in rows if r.get("ft_top1") is not None]
-    ft = ["| arm | steps | seeds | fine-tuning top-1 | Δ vs original | recipe |", "|---|---|---|---|---|---|"]
-    ft += [f"| {r['arm']} | {r['steps']} | {len(r['seeds'])} | {fmt_value(r, 'ft_top1')} | {fmt_diff(r, 'ft_top1')} | "
-           f"{'scratch, no layer-wise decay' if r['arm'] == 'random' else 'layer-wise decay'}, {r.get('ft_epochs')} epochs |"
-           for r in tuned]
-    parts = [f"Per arm, at {base} steps:", "\n".join(per_arm), "By budget (the learning curve):", "\n".join(budget)]
-    if tuned:
-        parts += ["Fine-tuning:", "\n".join(ft)]
+    parts = [f"Per arm, at {base} steps:", arm_table(rows, base), "By budget (the learning curve):", budget_table(rows)]
+    if any(r.get("ft_top1") is not None for r in rows):
+        parts += ["Fine-tuning:", ft_table(rows)]
     return "\n\n".join(parts) + "\n"
 
 
