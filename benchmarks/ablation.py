@@ -5,9 +5,10 @@
     python benchmarks/ablation.py run --stage power           # seeds 0-9 for original and the best two arms
     python benchmarks/ablation.py run --stage ft              # fine-tuning (10 epochs): original, best arm, scratch; 3 seeds
     python benchmarks/ablation.py run --stage budget          # original and best arm at 4x and 8x the steps
-    python benchmarks/ablation.py run --arms original uniformity --seeds 0 1 2 --steps 2000
+    python benchmarks/ablation.py run --arms original unif_umae_mean_100x --seeds 0 1 2 --steps 2000
     python benchmarks/ablation.py report --readme README.md   # tables and plots from the records
     python benchmarks/ablation.py verify --arms original --seeds 0   # rerun a record, compare the numbers
+    python benchmarks/ablation.py verify --arms random --seeds 0 --ft --threads 1   # fine-tuning included
     python benchmarks/ablation.py refresh-recon               # recompute recorded runs' reconstruction metrics
     python benchmarks/ablation.py run --device cuda --preset ablation_gpu --steps 23400 --arms original ...
 
@@ -523,7 +524,7 @@ def refresh_recon(args) -> None:
 
 def verify(args) -> int:
     """Rerun recorded (arm, seed, steps) runs from scratch in a temporary folder and compare every
-    accuracy with its record: the check that a committed number reproduces."""
+    accuracy with its record (fine-tuning too with --ft): the check that a committed number reproduces."""
     import tempfile
     records = read_records(Path(args.records), args.dataset, args.preset)
     keys = [(a, s, args.steps) for a in args.arms or ["original"] for s in args.seeds]
@@ -537,7 +538,8 @@ def verify(args) -> int:
                 continue
             data = data or load_eval_data(arm_config("original", args, 0, key[2]), args.data_root)
             again = raw_pixel_record(args, key[2], data) if key[0] == "raw_pixels" else run_arm(*key, args, data)
-            for m in ("lp_top1_mean", "lp_top1_cls", "knn_top1_mean", "knn_top1_cls"):
+            tuned = ("ft_top1",) if args.ft and records[key].get("ft_top1") is not None else ()
+            for m in ("lp_top1_mean", "lp_top1_cls", "knn_top1_mean", "knn_top1_cls", *tuned):
                 same = again[m] == records[key][m]
                 failed += not same
                 print(f"{key[0]} s{key[1]} {key[2]}: {m} recorded {records[key][m]:.4f}, rerun {again[m]:.4f}"

@@ -125,6 +125,9 @@ MUTATIONS = {
                               "ratio = cfg.variant.mask_ratio", "tests/test_benchmarks.py::test_pretrain_flops_follow_the_visible_patches"),
     "eval_record_overwrites_provenance": ("benchmarks/ablation.py", "    if reused:  # the pretraining's", "    if False:  # the pretraining's",
                                           "tests/test_benchmarks.py::test_ablation_runner_tiny_records_skip_and_report"),
+    "verify_skips_fine_tuning": ("benchmarks/ablation.py", '"knn_top1_mean", "knn_top1_cls", *tuned):',
+                                 '"knn_top1_mean", "knn_top1_cls"):',
+                                 "tests/test_benchmarks.py::test_ablation_runner_tiny_records_skip_and_report"),
     # the README's study tables
     "readme_budget_wrong_diff": ("benchmarks/ablation.py", 'fmt_diff(r, "lp_top1_mean"),\n                   fmt_value(r, "knn_top1_cls")',
                                  'fmt_diff(r, "knn_top1_mean"),\n                   fmt_value(r, "knn_top1_cls")',

@@ -30,6 +30,11 @@ def test_ablation_runner_tiny_records_skip_and_report(tmp_path):
     assert "threads" not in tuned and tuned["eval_threads"] == first["threads"]  # the pretraining's stay its own
     merged = ablation.read_records(tmp_path / "runs.jsonl")[("original", 0, 16)]
     assert merged["git_commit"] == first["git_commit"] and merged["ft_top1"] == tuned["ft_top1"]
+    ft_verify = ["verify", "--arms", "original", "--seeds", "0", "--ft", "--ft-epochs", "1", *common]
+    assert ablation.main(ft_verify) == 0                                          # fine-tuning reproduces too
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write(json.dumps({**tuned, "ft_top1": tuned["ft_top1"] + 1.0}) + "\n")
+    assert ablation.main(ft_verify) == 1                                          # and a wrong one is caught
     (tmp_path / "runs.jsonl").write_text("\n".join((tmp_path / "runs.jsonl").read_text().splitlines()[:8]) + "\n")
     assert ablation.main(["verify", "--arms", "lap_replicate_10x", "--seeds", "1", *common]) == 0  # reproduces
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
