@@ -290,7 +290,7 @@ def summarise(records: dict) -> list[dict]:
             vals = {s: r[m] for s, r in by_seed.items() if r.get(m) is not None}
             if not vals:
                 continue
-            row[m] = statistics.fmean(vals.values())
+            row[m], row[f"{m}_n"] = statistics.fmean(vals.values()), len(vals)
             row[f"{m}_sd"] = statistics.stdev(vals.values()) if len(vals) > 1 else None
             if arm != "original" and arm != "raw_pixels":
                 row[f"{m}_vs_original"] = paired({s: r[m] for s, r in base.items() if r.get(m) is not None}, vals)
@@ -398,7 +398,7 @@ def budget_table(rows) -> str:
 def ft_table(rows) -> str:
     """Fine-tuning where it was run; the random encoder is fine-tuned with the scratch recipe."""
     return table(["arm", "steps", "seeds", "fine-tuning top-1", "Δ vs original", "recipe"],
-                 [[r["arm"], str(r["steps"]), str(len(r["seeds"])), fmt_value(r, "ft_top1"), fmt_diff(r, "ft_top1"),
+                 [[r["arm"], str(r["steps"]), str(r["ft_top1_n"]), fmt_value(r, "ft_top1"), fmt_diff(r, "ft_top1"),
                    f"{'scratch, no layer-wise decay' if r['arm'] == 'random' else 'layer-wise decay'}, "
                    f"{r.get('ft_epochs')} epochs"]
                   for r in rows if r.get("ft_top1") is not None])

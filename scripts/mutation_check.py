@@ -132,6 +132,8 @@ MUTATIONS = {
     "readme_budget_wrong_diff": ("benchmarks/ablation.py", 'fmt_diff(r, "lp_top1_mean"),\n                   fmt_value(r, "knn_top1_cls")',
                                  'fmt_diff(r, "knn_top1_mean"),\n                   fmt_value(r, "knn_top1_cls")',
                                  "tests/test_benchmarks.py::test_readme_tables_are_the_committed_records"),
+    "ft_seeds_from_all_runs": ("benchmarks/ablation.py", 'str(r["ft_top1_n"])', 'str(len(r["seeds"]))',
+                               "tests/test_benchmarks.py::test_readme_tables_replace_only_their_block"),
     "readme_scratch_unlabelled": ("benchmarks/ablation.py", "'scratch, no layer-wise decay' if r['arm'] == 'random' else ",
                                   "", "tests/test_benchmarks.py::test_readme_tables_replace_only_their_block"),
 }

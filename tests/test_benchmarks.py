@@ -129,12 +129,12 @@ def test_readme_tables_are_the_committed_records():
 
 def test_readme_tables_replace_only_their_block(tmp_path):
     import ablation
-    rows = [{"arm": "original", "steps": 500, "seeds": [0, 1], "knn_top1_mean": 70.0, "knn_top1_mean_sd": 1.0,
-             "ft_top1": 80.0, "ft_epochs": 10},
-            {"arm": "random", "steps": 500, "seeds": [0], "knn_top1_mean": 57.0, "ft_top1": 60.0, "ft_epochs": 10,
-             "ft_top1_vs_original": {"diff": -20.0, "ci95": None}}]
-    tables = ablation.readme_tables(rows)
-    assert "| original | 2 | 70.00 ± 1.00 |" in tables
+    records = {("original", 0, 500): {"knn_top1_mean": 69.0, "ft_top1": 80.0, "ft_epochs": 10},
+               ("original", 1, 500): {"knn_top1_mean": 71.0},                  # not fine-tuned
+               ("random", 0, 500): {"knn_top1_mean": 57.0, "ft_top1": 60.0, "ft_epochs": 10}}
+    tables = ablation.readme_tables(ablation.summarise(records))
+    assert "| original | 2 | 70.00 ± 1.41 |" in tables                         # sd of 69 and 71
+    assert "| original | 500 | 1 | 80.00 |  | layer-wise decay, 10 epochs |" in tables  # 1 of its 2 seeds tuned
     assert "| random | 500 | 1 | 60.00 | -20.00 (1 seed) | scratch, no layer-wise decay, 10 epochs |" in tables
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{ablation.README_MARKS[0]}\nstale\n{ablation.README_MARKS[1]}\nafter\n")
