@@ -339,6 +339,19 @@ def execute(notebooks: dict, params: dict, tmp: Path, cwd: Path = ROOT) -> dict:
     return done
 
 
+PROJECT_SHOWN = "<project>"  # how the documented run's scratch folder appears in the stored outputs
+
+
+def show_paths_as(executed: dict, path: str, shown: str) -> None:
+    """Print-outs name the documented run's temporary folder: show it as the project folder it stands
+    for, so the stored notebooks do not point at a /tmp path that no reader has."""
+    for cells in executed.values():
+        for cell in cells.values():
+            for o in cell.get("outputs", []):
+                if o.get("output_type") == "stream":
+                    o["text"] = o["text"].replace(path, shown)
+
+
 def keepable(outputs) -> list:
     """Outputs worth storing: no progress bars (stderr), no live widgets (GitHub cannot draw them)."""
     kept = []
@@ -359,13 +372,14 @@ def store_outputs(notebooks: dict, documented: dict | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         smoke = execute(notebooks, {**SMOKE, "data_root": f"{tmp}/data", "runs_root": f"{tmp}/smoke"}, Path(tmp))
         real = None
-        if documented:  # run where `data` is the repo's data folder, so the outputs show a user's default paths
+        if documented:  # with the default folders, in a scratch project whose `data` is the repo's
             doc = Path(tmp) / "doc"
             doc.mkdir()
             (ROOT / "data").mkdir(exist_ok=True)
             (doc / "data").symlink_to(ROOT / "data")
             real = execute(notebooks, {**documented, "data_root": "data", "runs_root": "runs", "live_widgets": False},
                            doc, cwd=doc)
+            show_paths_as(real, str(doc), PROJECT_SHOWN)
         for name, nb in notebooks.items():
             for count, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
                 checked = CHECK in cell.metadata.get("tags", [])

@@ -52,6 +52,8 @@ def test_committed_notebook_structure(name):
     assert not any(o.output_type == "stream" and o.name == "stderr" for o in outputs)   # no progress bars
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     assert any("image/png" in o.get("data", {}) for o in outputs)       # the documented run's pictures
+    printed = "".join(o.text for o in outputs if o.output_type == "stream")
+    assert "/tmp/" not in printed and "<project>/data" in printed  # no scratch folder that readers lack
     assert (NB_DIR / f"{name}.ipynb").stat().st_size < 1_000_000
 
 
