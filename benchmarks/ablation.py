@@ -384,15 +384,20 @@ def arm_table(rows, steps: int) -> str:
                   for r in rows if r["steps"] == steps])
 
 
+def curve_arms(rows) -> list[str]:
+    """The arms run at more than one budget: the ones with a learning curve."""
+    return [a for a in dict.fromkeys(r["arm"] for r in rows if r["arm"] in ARMS)
+            if len({r["steps"] for r in rows if r["arm"] == a}) > 1]
+
+
 def budget_table(rows) -> str:
     """The learning curve: every arm run at more than one budget, with its paired gap, and raw pixels."""
-    curve = [a for a in dict.fromkeys(r["arm"] for r in rows) if len({r["steps"] for r in rows if r["arm"] == a}) > 1]
     return table(["arm", "steps", "seeds", "k-NN, mean pool", "Δ vs original", "LP, mean pool", "Δ", "k-NN, cls",
                   "LP, cls"],
                  [[r["arm"], str(r["steps"]), str(len(r["seeds"])), fmt_value(r, "knn_top1_mean"),
                    fmt_diff(r, "knn_top1_mean"), fmt_value(r, "lp_top1_mean"), fmt_diff(r, "lp_top1_mean"),
                    fmt_value(r, "knn_top1_cls"), fmt_value(r, "lp_top1_cls")]
-                  for a in [*curve, "raw_pixels"] for r in rows if r["arm"] == a])
+                  for a in [*curve_arms(rows), "raw_pixels"] for r in rows if r["arm"] == a])
 
 
 def ft_table(rows) -> str:
@@ -476,8 +481,7 @@ def plot_budget(rows, path) -> bool:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    arms = [a for a in dict.fromkeys(r["arm"] for r in rows if r["arm"] in ARMS)
-            if len({r["steps"] for r in rows if r["arm"] == a}) > 1]
+    arms = curve_arms(rows)
     if not arms:
         return False
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
