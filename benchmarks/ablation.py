@@ -27,6 +27,7 @@ own; the cls-token numbers are kept beside it. Differences to `original` are pai
 95 % t interval. Baselines are records too: `random` (the same encoder untrained) and `raw_pixels`.
 """
 import argparse
+import base64
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from maehelpers.config import make_config, to_dict  # noqa: E402
 from maehelpers.data import FASHION_SYSTEM_DIR  # noqa: E402
-from maehelpers.evaluate import (evaluate_run, load_eval_data, make_scratch_run, raw_pixel_baseline,  # noqa: E402
-                                 recon_run)
+from maehelpers.evaluate import (POOLS, cached_features, evaluate_run, knn_predict, linear_probe,  # noqa: E402
+                                 load_eval_data, make_scratch_run, raw_pixel_baseline, recon_run, run_config)
 from maehelpers.masking import mask_ratio_at  # noqa: E402
 from maehelpers.pretrain import build_model, cpu_name, pretrain  # noqa: E402
 from maehelpers.runs import git_commit, read_jsonl, read_results, save_json  # noqa: E402
@@ -84,8 +86,17 @@ ARMS = {
     "lap_replicate_1x": ("laplacian", {"variant.laplacian_form": "replicate"}),
     "lap_replicate_10x": ("laplacian", {"variant.laplacian_form": "replicate", "variant.laplacian_weight": 0.5}),
     **_uniformity_arms(),
+    # improved without one of its three additions: with curriculum, lap_interior_1x, unif_wi_mean_1x,
+    # original and improved they make the full 2 x 2 x 2 factorial (benchmarks/preregistered.md)
+    "improved_no_curriculum": ("improved", {"variant.mask_schedule": "constant", "variant.mask_ratio_start": 0.75}),
+    "improved_no_laplacian": ("improved", {"variant.laplacian_weight": 0.0}),
+    "improved_no_uniformity": ("improved", {"variant.uniformity_weight": 0.0}),
 }
 BASELINES = ("random", "raw_pixels")
+# the held-out confirmation (benchmarks/preregistered.md): arms, fresh seeds no earlier record used
+HELDOUT_ARMS = ("original", "improved", "unif_umae_mean_100x", "unif_wi_mean_1x", "improved_no_curriculum",
+                "improved_no_laplacian", "improved_no_uniformity", "curriculum", "lap_interior_1x", "lowpass")
+HELDOUT_SEEDS = tuple(range(100, 110))
 
 
 # ----------------------------------------------------------------------------- one run -> one record
@@ -124,7 +135,7 @@ def arm_config(arm: str, args, seed: int, steps: int):
 
 
 def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
-    """Pretrain (resuming if interrupted), evaluate and describe one (arm, seed, steps)."""
+    """Pretrain (resuming if interrupted), evaluate on args.split and describe one (arm, seed, steps)."""
     run = Path(args.runs_root) / args.dataset / f"{arm}_s{seed}_{steps}"
     if arm == "random":
         cfg = arm_config("original", args, seed, steps)
@@ -143,13 +154,51 @@ def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
     res = evaluate_run(run, args.data_root, ("lp", "knn") + (("ft",) if args.ft else ()), data=data,
                        device=args.device, progress=False,
                        overrides={"eval.pool": "mean", **({"eval.ft_epochs": args.ft_epochs} if args.ft else {})})
+    bits = {"correct": correctness(run, data, res, args.device)} if args.split == "heldout" else {}
     provenance = _provenance(load, args.device)
     if reused:  # the pretraining's own threads, commit and load stay in its first record
         provenance = {f"eval_{k}": v for k, v in provenance.items()}
     return {"arm": arm, "variant": cfg.variant.name, "overrides": overrides, "seed": seed, "steps": steps,
             **{m: res.get(m) for m in METRICS}, "ft_recipe": (res.get("ft") or {}).get("recipe"),
             "ft_epochs": args.ft_epochs if args.ft else None,
-            "eval_time_s": round(time.time() - t0, 1), **provenance}
+            "eval_time_s": round(time.time() - t0, 1), **provenance, **bits}
+
+
+def correctness(run, data, res: dict, device) -> dict:
+    """Per scored image, whether each probe was right, as packed bits (base64): what the bootstrap
+    over test images resamples. Recomputed from the run's cached features with the same seeds, and
+    checked against the recorded top-1, so the bits are the record's own predictions."""
+    train, test = data
+    cfg = run_config(run)
+    e = cfg.eval
+    feats = {split: cached_features(run, d, split, e.batch_size, device, False) for split, d in (("train", train), ("test", test))}
+    out = {"n": len(test)}
+    for pool in POOLS:
+        tr, te = feats["train"][pool], feats["test"][pool]
+        right = {"knn": knn_predict(tr, train.labels, te, e.knn_k, e.knn_t) == test.labels,
+                 "lp": linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, cfg.seed,
+                                    device, False, predict=True)["pred"] == test.labels}
+        for probe, ok in right.items():
+            name = f"{probe}_top1_{pool}"
+            if abs(100.0 * ok.float().mean().item() - res[name]) > 1e-9:
+                raise RuntimeError(f"{run.name}: {name} recomputed {100 * ok.float().mean().item():.4f} differs from "
+                                   f"its record {res[name]:.4f}; the probe is not deterministic here")
+            out[name] = pack_bits(ok)
+    return out
+
+
+def pack_bits(ok: torch.Tensor) -> str:
+    return base64.b64encode(np.packbits(ok.numpy().astype(np.uint8)).tobytes()).decode()
+
+
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
+
+
+def correct_path(records) -> Path:
+    """Where the per-image correctness of the held-out records lives: beside the records."""
+    records = Path(records)
+    return records.with_name(records.stem + "_correct.jsonl")
 
 
 def raw_pixel_record(args, steps: int, data) -> dict:
@@ -169,12 +218,15 @@ def _provenance(load, device: str = "cpu") -> dict:
 
 
 # ----------------------------------------------------------------------------- records
-def read_records(path=None, dataset: str | None = None, preset: str | None = None) -> dict:
-    """{(arm, seed, steps): record} of one dataset and preset, later lines filling in or replacing
-    earlier values."""
+def read_records(path=None, dataset: str | None = None, preset: str | None = None,
+                 split: str = "validation") -> dict:
+    """{(arm, seed, steps): record} of one dataset, preset and evaluation split, later lines filling
+    in or replacing earlier values. Records without a split are validation records: every record
+    written before the held-out split existed was scored on the first eval.max_test test images."""
     merged = {}
     for r in read_jsonl(path or RESULTS / "ablation_runs.jsonl"):
-        if (dataset and r.get("dataset") != dataset) or (preset and r.get("preset") != preset):
+        if (dataset and r.get("dataset") != dataset) or (preset and r.get("preset") != preset) \
+                or r.get("split", "validation") != split:
             continue
         key = (r["arm"], r["seed"], r["steps"])
         merged[key] = {**merged.get(key, {}), **{k: v for k, v in r.items() if v is not None}}
@@ -191,7 +243,9 @@ def plan(args, records) -> list[tuple]:
     """The (arm, seed, steps) runs that a stage asks for, finished ones left out."""
     steps = args.steps
     if args.arms:
-        todo = [(a, s, steps) for s in args.seeds for a in args.arms]
+        todo = [(a, s, steps) for s in args.seeds or [0] for a in args.arms]
+    elif args.stage == "heldout":  # seed-major, so that every arm grows together
+        todo = [(a, s, steps) for s in args.seeds or HELDOUT_SEEDS for a in HELDOUT_ARMS]
     elif args.stage == "dose":
         todo = [(a, 0, steps) for a in ["original", "random", "raw_pixels", *[a for a in ARMS if a != "original"]]]
     else:
@@ -223,10 +277,21 @@ def ranked_arms(records, steps) -> list[tuple]:
     return sorted(((a, statistics.fmean(v)) for a, v in by_arm.items()), key=lambda x: -x[1])
 
 
+def fresh_seeds_only(args, todo) -> None:
+    """A held-out run must use a seed that no validation record used: refuse before any work."""
+    used = {s for (_, s, _) in read_records(Path(args.records), args.dataset, args.preset)}
+    reused = sorted({s for a, s, _ in todo if s in used and a not in BASELINES})
+    if reused:
+        raise SystemExit(f"seeds {reused} already have validation records; the held-out confirmation needs fresh "
+                         f"seeds (the preregistered ones are {HELDOUT_SEEDS[0]}-{HELDOUT_SEEDS[-1]})")
+
+
 def run_stage(args) -> None:
     out = Path(args.records)
-    records = read_records(out, args.dataset, args.preset)
+    records = read_records(out, args.dataset, args.preset, args.split)
     todo = plan(args, records)
+    if args.split == "heldout":
+        fresh_seeds_only(args, todo)
     print(f"{len(todo)} runs to do: {', '.join(f'{a}/s{s}/{st}' for a, s, st in todo)}", flush=True)
     start, took = time.time(), []
     data = None
@@ -236,9 +301,13 @@ def run_stage(args) -> None:
             print(f"stopping: the next run (~{est / 60:.0f} min) would pass --budget-minutes {args.budget_minutes}")
             break
         t0 = time.time()
-        data = data or load_eval_data(arm_config("original", args, 0, steps), args.data_root)
+        data = data or load_eval_data(arm_config("original", args, 0, steps), args.data_root, args.split)
         record = raw_pixel_record(args, steps, data) if arm == "raw_pixels" else run_arm(arm, seed, steps, args, data)
-        append_record({"dataset": args.dataset, "preset": args.preset, **record}, out)
+        head = {"dataset": args.dataset, "preset": args.preset, "split": args.split}
+        if "correct" in record:  # per-image bits in a file of their own, so the records stay readable
+            append_record({**head, "arm": arm, "seed": seed, "steps": steps, **record.pop("correct")},
+                          correct_path(out))
+        append_record({**head, **record}, out)
         took.append(time.time() - t0)
         print(f"{arm} s{seed} {steps} steps: k-NN mean {record['knn_top1_mean']:.2f}, LP mean "
               f"{record['lp_top1_mean']:.2f} ({took[-1]:.0f} s{', under load' if record.get('under_load', record.get('eval_under_load')) else ''})",
@@ -530,8 +599,8 @@ def verify(args) -> int:
     """Rerun recorded (arm, seed, steps) runs from scratch in a temporary folder and compare every
     accuracy with its record (fine-tuning too with --ft): the check that a committed number reproduces."""
     import tempfile
-    records = read_records(Path(args.records), args.dataset, args.preset)
-    keys = [(a, s, args.steps) for a in args.arms or ["original"] for s in args.seeds]
+    records = read_records(Path(args.records), args.dataset, args.preset, args.split)
+    keys = [(a, s, args.steps) for a in args.arms or ["original"] for s in args.seeds or [0]]
     data, failed = None, 0
     with tempfile.TemporaryDirectory() as tmp:
         args.runs_root = tmp
@@ -540,7 +609,7 @@ def verify(args) -> int:
                 print(f"{key}: no record to compare with")
                 failed += 1
                 continue
-            data = data or load_eval_data(arm_config("original", args, 0, key[2]), args.data_root)
+            data = data or load_eval_data(arm_config("original", args, 0, key[2]), args.data_root, args.split)
             again = raw_pixel_record(args, key[2], data) if key[0] == "raw_pixels" else run_arm(*key, args, data)
             tuned = ("ft_top1",) if args.ft and records[key].get("ft_top1") is not None else ()
             for m in ("lp_top1_mean", "lp_top1_cls", "knn_top1_mean", "knn_top1_cls", *tuned):
@@ -577,9 +646,13 @@ def report(args) -> Path:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=("run", "report", "verify", "refresh-recon"))
-    p.add_argument("--stage", default="dose", help="dose | confirm | power | ft | budget (ignored with --arms)")
+    p.add_argument("--stage", default="dose",
+                   help="dose | confirm | power | ft | budget | heldout (ignored with --arms)")
+    p.add_argument("--split", choices=("validation", "heldout"), default="validation",
+                   help="score on test images 0..max_test-1 (validation) or the next max_test (heldout); "
+                        "--stage heldout implies heldout")
     p.add_argument("--arms", nargs="+", choices=list(ARMS) + list(BASELINES))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", help="default: 0 (heldout stage: the preregistered seeds)")
     p.add_argument("--steps", type=int, default=500, help="pretraining steps (a multiple of an epoch: 125 in ablation)")
     p.add_argument("--ft", action="store_true", help="also fine-tune (scratch recipe for the random arm)")
     p.add_argument("--ft-epochs", type=int, default=10, help="fine-tuning epochs on the probe's training images "
@@ -596,6 +669,8 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--readme", help="also write the tables into this README, between its markers")
     args = p.parse_args(argv)
+    if args.stage == "heldout" and not args.arms:
+        args.split = "heldout"
     if args.steps % steps_per_epoch(args):
         p.error(f"--steps must be a multiple of {steps_per_epoch(args)} (one epoch of the preset)")
     if args.threads:

@@ -46,10 +46,12 @@ class ImageSet:
 
     def head(self, n: int) -> "ImageSet":
         """The first n images (n = 0 keeps all)."""
-        if not n or n >= len(self):
-            return self
-        labels = None if self.labels is None else self.labels[:n]
-        return ImageSet(self.images[:n], labels, self.classes, self.name)
+        return self if not n or n >= len(self) else self.part(0, n)
+
+    def part(self, start: int, stop: int) -> "ImageSet":
+        """Images start .. stop - 1 (views, nothing copied)."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        return ImageSet(self.images[start:stop], labels, self.classes, self.name)
 
 
 # ----------------------------------------------------------------------------- STL-10

@@ -89,10 +89,11 @@ def cached_features(run_dir, data: ImageSet, split: str, batch_size: int = 128, 
 
 # ----------------------------------------------------------------------------- linear probe, k-NN
 def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 90, batch_size: int = 128, lr: float = 1e-3,
-                 seed: int = 0, device=None, progress: bool = True) -> dict:
+                 seed: int = 0, device=None, progress: bool = True, predict: bool = False) -> dict:
     """Train BN + Linear on frozen features; top-1 (%) on the test features at the last epoch.
     `curve` records, per epoch, the mean training loss and the test top-1 (for the picture only:
-    the reported top-1 is the last epoch's, never the best one)."""
+    the reported top-1 is the last epoch's, never the best one). predict=True adds `pred`, the
+    class predicted for each test feature."""
     device = pick_device(device)
     torch.manual_seed(seed)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
@@ -121,7 +122,11 @@ def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 90, batch_size:
             losses.append(loss.item())
         curve.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
                       "test_top1": _accuracy(probe, test_x, test_y, device)})
-    return {"top1": curve[-1]["test_top1"], "train_top1": _accuracy(probe, x, train_y, device), "curve": curve}
+    out = {"top1": curve[-1]["test_top1"], "train_top1": _accuracy(probe, x, train_y, device), "curve": curve}
+    if predict:
+        with torch.no_grad():
+            out["pred"] = probe.eval()(test_x.to(device)).argmax(1).cpu()
+    return out
 
 
 @torch.no_grad()
@@ -279,10 +284,24 @@ def make_scratch_run(cfg: PretrainConfig, run_dir, seed: int = 0) -> Path:
     return run_dir
 
 
-def load_eval_data(cfg: PretrainConfig, data_root="data"):
+EVAL_SPLITS = ("validation", "heldout")
+
+
+def load_eval_data(cfg: PretrainConfig, data_root="data", split: str = "validation"):
+    """(probe-training images, scored images). 'validation' scores the first eval.max_test test
+    images (every choice of arm or setting was made there); 'heldout' scores the NEXT max_test
+    test images, which no choice saw: a confirmation that cannot be tuned to."""
     e = cfg.eval
-    return (load_dataset(cfg.dataset, "train", data_root, max_images=e.max_train),
-            load_dataset(cfg.dataset, "test", data_root, max_images=e.max_test))
+    train = load_dataset(cfg.dataset, "train", data_root, max_images=e.max_train)
+    if split == "validation":
+        return train, load_dataset(cfg.dataset, "test", data_root, max_images=e.max_test)
+    if split != "heldout":
+        raise ValueError(f"unknown evaluation split {split!r}; valid: {', '.join(EVAL_SPLITS)}")
+    test = load_dataset(cfg.dataset, "test", data_root)
+    if not e.max_test or len(test) < 2 * e.max_test:
+        raise ValueError(f"a held-out split needs eval.max_test > 0 and twice as many test images: "
+                         f"max_test {e.max_test}, {len(test)} test images")
+    return train, test.part(e.max_test, 2 * e.max_test)
 
 
 def _keyed(run_dir: Path, name: str, key: dict, force: bool, progress: bool, compute) -> dict:

@@ -5,6 +5,7 @@ log_steps.jsonl and log_epochs.jsonl. Every write goes to a temporary file in th
 is renamed over the old one, so an interrupted write never replaces the last good file.
 """
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -186,9 +187,17 @@ def read_jsonl(path) -> list[dict]:
 
 
 def git_commit() -> str | None:
+    """HEAD's commit when the package's working tree is clean; otherwise 'dirty:<hash of the
+    uncommitted change> on <commit>', so that a record never names code that it did not run."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
+        git = dict(cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], **git).stdout.strip()
+        if not head:
+            return None
+        change = subprocess.run(["git", "diff", "HEAD"], **git).stdout + \
+            subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], **git).stdout
+        if not change:
+            return head
+        return f"dirty:{hashlib.sha1(change.encode()).hexdigest()[:12]} on {head}"
     except (OSError, subprocess.SubprocessError):
         return None
