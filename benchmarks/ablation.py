@@ -203,7 +203,7 @@ def correct_path(records) -> Path:
 
 def raw_pixel_record(args, steps: int, data) -> dict:
     """Linear probe and k-NN on the normalised pixels themselves (the same value under both pools)."""
-    raw = raw_pixel_baseline(arm_config("original", args, 0, steps), *data)
+    raw = raw_pixel_baseline(arm_config("original", args, 0, steps), *data, device=args.device)
     return {"arm": "raw_pixels", "variant": None, "overrides": {}, "seed": 0, "steps": steps,
             **{m: None for m in METRICS}, "lp_top1_mean": raw["lp_top1"], "lp_top1_cls": raw["lp_top1"],
             "knn_top1_mean": raw["knn_top1"], "knn_top1_cls": raw["knn_top1"], **_provenance([os.getloadavg()[0]])}

@@ -9,7 +9,9 @@
 2. torch.compile of the same step (96 px): compile time apart, then steady-state ratio.
 3. Data: the batched uint8 augmentation against per-image PIL transforms + DataLoader.
 4. Evaluation: a 100-epoch linear probe on cached features against re-encoding every epoch.
-5. On CUDA (when present): step throughput with bf16/fp16 autocast, reported separately.
+5. On CUDA (when present): step throughput with the precision training uses there (amp_dtype:
+   bf16 from compute capability 8.0, else fp16 with a GradScaler), reported in rows of its own.
+Every measurement names its device: the CPU sections run on the CPU even where a GPU is present.
 Results: benchmarks/results/speed.{json,md}.
 """
 import argparse
@@ -26,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from maehelpers.data import augment  # noqa: E402
 from maehelpers.evaluate import extract_features, linear_probe  # noqa: E402
 from maehelpers.model import MAE  # noqa: E402
-from maehelpers.pretrain import device_name  # noqa: E402
+from maehelpers.pretrain import amp_dtype, device_name  # noqa: E402
 from maehelpers.runs import save_json  # noqa: E402
 
 SIZES = dict(embed_dim=192, depth=8, num_heads=6, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4)
@@ -43,13 +45,15 @@ def hf_model(img_size):
 
 def step_fn(model, kind, imgs, device, dtype=None):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)  # as training does in fp16
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = model(imgs, 0.75)[0] if kind == "ours" else model(pixel_values=imgs).loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         if device.type == "cuda":
             torch.cuda.synchronize()
     return step
@@ -154,24 +158,24 @@ def bench_data(n_images, img_size, batch, pairs):
             "median_ratio": statistics.median(x / y for x, y in zip(a, b)), "pil_workers": 2}
 
 
-def bench_probe(n_images, img_size, epochs, measured_reencode_epochs=2):
+def bench_probe(n_images, img_size, epochs, measured_reencode_epochs=2, device=torch.device("cpu")):
     torch.manual_seed(0)
     model = MAE(img_size=img_size, **SIZES).eval()
     images = torch.randint(0, 256, (n_images, 3, 96, 96), dtype=torch.uint8)
     labels = torch.arange(n_images) % 10
     t0 = time.perf_counter()
-    feats = extract_features(model, images, img_size, progress=False)["cls"]
+    feats = extract_features(model, images, img_size, progress=False, device=device)["cls"]
     encode_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    linear_probe(feats, labels, feats, labels, epochs=epochs, progress=False)
+    linear_probe(feats, labels, feats, labels, epochs=epochs, progress=False, device=device)
     probe_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(measured_reencode_epochs):  # what a probe without the cache does each epoch
-        f = extract_features(model, images, img_size, progress=False)["cls"]
-        linear_probe(f, labels, f, labels, epochs=1, progress=False)
+        f = extract_features(model, images, img_size, progress=False, device=device)["cls"]
+        linear_probe(f, labels, f, labels, epochs=1, progress=False, device=device)
     reencode_epoch_s = (time.perf_counter() - t0) / measured_reencode_epochs
     cached = encode_s + probe_s
-    return {"n_images": n_images, "img_size": img_size, "epochs": epochs, "encode_s": encode_s,
+    return {"n_images": n_images, "img_size": img_size, "epochs": epochs, "device": str(device), "encode_s": encode_s,
             "probe_s": probe_s, "cached_total_s": cached, "reencode_epoch_s": reencode_epoch_s,
             "reencode_total_s_estimated": reencode_epoch_s * epochs,
             "speedup": reencode_epoch_s * epochs / cached,
@@ -196,6 +200,14 @@ def table(res) -> str:
         lines += ["", f"Data at {d['img_size']} px: batched uint8 path {statistics.median(d['batched_img_s']):.0f} img/s, "
                       f"PIL + DataLoader ({d['pil_workers']} workers) {statistics.median(d['pil_dataloader_img_s']):.0f} "
                       f"img/s (ratio {d['median_ratio']:.1f})"]
+    if res.get("cuda"):
+        c = res["cuda"]
+        lines += ["", f"CUDA: {c['device']}, sgemm peak {c['sgemm_gflop_s']:.0f} GFLOP/s", "",
+                  "| training step | maehelpers img/s | HF ViTMAE img/s | ratio (median) | achieved GFLOP/s |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['img_size']} px, batch {r['batch']}, {r['dtype']} | {statistics.median(r['ours_img_s']):.1f} | "
+                  f"{statistics.median(r['hf_img_s']):.1f} | {r['median_ratio']:.3f} | {r['ours_gflop_s']:.0f} |"
+                  for r in c["steps"]]
     p = res["probe"]
     lines += ["", f"Linear probe, {p['epochs']} epochs on {p['n_images']} images at {p['img_size']} px: cached features "
                   f"{p['cached_total_s']:.1f} s vs re-encoding every epoch {p['reencode_total_s_estimated']:.0f} s "
@@ -218,10 +230,10 @@ def main(argv=None):
     if not args.no_compile:
         res["compile"] = bench_compile(sizes[0], batch, pairs, cpu)
     res["data"] = [bench_data(256 if args.quick else 1024, s, batch, pairs) for s in sizes]
-    res["probe"] = bench_probe(64 if args.quick else 1000, sizes[0], 3 if args.quick else 100)
+    res["probe"] = bench_probe(64 if args.quick else 1000, sizes[0], 3 if args.quick else 100, device=cpu)
     if torch.cuda.is_available():
         cuda = torch.device("cuda")
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = amp_dtype(cuda)  # what pretraining uses on this GPU (fp16 on a T4, whose bf16 is emulated)
         res["cuda"] = {"device": torch.cuda.get_device_name(), "sgemm_gflop_s": sgemm_peak(cuda),
                        "steps": [bench_steps(s, 256 if not args.quick else batch, pairs, cuda, dtype) for s in sizes]}
     out = Path(args.out)

@@ -88,6 +88,7 @@ def evaluate_command(args) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
+    from .distributed import AgreedError, close_world
     from .pretrain import NonFiniteLossError, pretrain
     from .runner import SeriesError
     from .runs import CheckpointError
@@ -105,10 +106,13 @@ def main(argv=None) -> int:
                 print(json.dumps({k: result[k] for k in ("variant", "pretrain_time_s", "pretrain_final_loss",
                                                          "world_size") if k in result}, indent=1))
                 print(f"wrote {run_dir}/")
-    except (ValueError, DataError, CheckpointError, NonFiniteLossError, SeriesError, FileNotFoundError) as e:
+    except (ValueError, DataError, CheckpointError, NonFiniteLossError, SeriesError, FileNotFoundError,
+            AgreedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the checkpoint was saved, rerun with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        close_world()  # under torchrun: the process group ends with the command
     return 0

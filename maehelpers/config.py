@@ -54,6 +54,7 @@ class TrainConfig:
     save_every: int = 1                  # checkpoint every N epochs (and at the end, on interrupt)
     amp: bool = True                     # mixed precision on CUDA (bf16 on cc >= 8.0, else fp16); never on CPU
     log_every: int = 0                   # steps between loss checks / log writes; 0 = 1 on CPU, 25 on CUDA
+    accum_iter: int = 1                  # micro-batches per step (memory only: batch_size stays the step's batch)
 
     @property
     def lr(self) -> float:
@@ -234,6 +235,12 @@ def validate(cfg: PretrainConfig) -> None:
          "the uniformity term compares samples within a batch: train.batch_size must be >= 2"),
         (t.max_images >= 0, "train.max_images must be >= 0 (0 = all)"),
         (t.log_every >= 0, "train.log_every must be >= 0 (0 = automatic)"),
+        (t.accum_iter >= 1 and t.batch_size % t.accum_iter == 0,
+         f"train.accum_iter ({t.accum_iter}) must be >= 1 and divide train.batch_size ({t.batch_size})"),
+        (t.accum_iter == 1 or v.uniformity_weight == 0,
+         "the uniformity term compares the samples of the whole batch, which train.accum_iter > 1 would split "
+         "into micro-batches that never meet: use accum_iter 1 (more processes under torchrun split the batch "
+         "without this problem)"),
         (e.pool in ("cls", "mean"), "eval.pool must be cls or mean"),
         (e.lp_epochs > 0 and e.ft_epochs > 0 and e.knn_k > 0,
          f"eval.lp_epochs, eval.ft_epochs and eval.knn_k must be positive, got {e.lp_epochs}, {e.ft_epochs}, {e.knn_k}"),
@@ -278,7 +285,7 @@ def from_dict(d: dict) -> PretrainConfig:
 
 # what may differ between a checkpoint and the resuming config without changing the trajectory
 # (precision, the other thing train.amp decides, is checked on its own when resuming)
-RESUME_FREE = ("train.save_every", "train.amp", "train.log_every", "eval.")
+RESUME_FREE = ("train.save_every", "train.amp", "train.log_every", "train.accum_iter", "eval.")
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -11,6 +11,7 @@ STL-10 is read straight from its documented binary layout (uint8, each image 3x9
 column-major; labels 1..10) with numpy memory maps, so loading costs nothing and no per-load MD5
 check runs; the archive's checksum is checked once, after download, by torchvision's downloader.
 """
+import functools
 import gzip
 import struct
 from dataclasses import dataclass
@@ -243,19 +244,31 @@ def load_dataset(name: str, split: str, root="data", download: bool = True, max_
 
 
 # ----------------------------------------------------------------------------- batched transforms
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple:
+    """ImageNet mean and std on the device, made once: a copy per batch would make the GPU wait."""
+    return tuple(torch.tensor(v, dtype=dtype).view(1, 3, 1, 1).to(device) for v in (IMAGENET_MEAN, IMAGENET_STD))
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Float images in [0, 1], (N, 1 or 3, H, W) -> model input (3 channels, ImageNet-normalised)."""
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.device, x.dtype)
     return (x - mean) / std
+
+
+def _normalize_own(x: torch.Tensor) -> torch.Tensor:
+    """normalize() in place, for a tensor made just now (same values, no second copy in memory)."""
+    if x.shape[1] != 3:
+        return normalize(x)
+    mean, std = _mean_std(x.device, x.dtype)
+    return x.sub_(mean).div_(std)
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
     """Model input space -> display pixels in [0, 1] (clamped)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.device, x.dtype)
     return (x * std + mean).clamp(0, 1)
 
 
@@ -264,18 +277,22 @@ def prepare(images_u8: torch.Tensor, size: int, device=None) -> torch.Tensor:
     x = images_u8.to(device, non_blocking=True).float().div_(255)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return normalize(x)
+    return _normalize_own(x)
 
 
 def augment(images_u8: torch.Tensor, size: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
-            generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+            generator: torch.Generator | None = None, device=None, rows: slice | None = None,
+            batch: int | None = None) -> torch.Tensor:
     """RandomResizedCrop(size, scale, ratio) + horizontal flip on a whole batch, then normalise.
 
     One affine grid per image and one `grid_sample` (bilinear) for the batch. Unlike torchvision's
     ten-trial rejection sampling, a crop that would not fit is clipped to the image.
+    rows, batch: `images_u8` are rows `rows` of a batch of `batch` images. The crops of the whole
+    batch are drawn (so a row's crop does not depend on how the batch is split over processes or
+    micro-batches) and only these rows are resampled.
     """
     x = images_u8.to(device, non_blocking=True).float().div_(255)
-    n, dev = x.shape[0], x.device
+    n, dev, rows = batch or x.shape[0], x.device, rows or slice(None)
 
     def uniform(lo, hi):
         return lo + (hi - lo) * torch.rand(n, generator=generator, device=dev)
@@ -291,9 +308,9 @@ def augment(images_u8: torch.Tensor, size: int, scale=(0.2, 1.0), ratio=(3 / 4, 
     theta = torch.zeros(n, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 2] = w * flip, 2 * cx - 1
     theta[:, 1, 1], theta[:, 1, 2] = h, 2 * cy - 1
-    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    grid = F.affine_grid(theta[rows], [x.shape[0], x.shape[1], size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return normalize(x)
+    return _normalize_own(x)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -6,7 +6,9 @@ Without a launcher (WORLD_SIZE unset or 1) nothing here does anything, and the s
 is unchanged. Under torchrun every rank draws the SAME global batch (order, crops and mask noise are
 functions of seed and step) and keeps its own slice, so the global batch and its randomness do not
 depend on the number of processes; the uniformity term sees the whole global batch through an
-all-gather that keeps gradients. NCCL on CUDA, gloo on CPU.
+all-gather that keeps gradients. The backend follows the device asked for: NCCL for CUDA, gloo for
+CPU (also on a machine with GPUs). Errors before training (a bad run folder, a checkpoint only some
+ranks can see, a failed download) are agreed: every rank raises, none is left waiting at a barrier.
 """
 import os
 from dataclasses import dataclass
@@ -31,17 +33,71 @@ class World:
         return slice(self.rank * per, (self.rank + 1) * per)
 
 
-def world() -> World:
-    """The launcher's world (from torchrun's environment), initialised once; 1 process without it."""
+class AgreedError(RuntimeError):
+    """Another rank failed before training; every rank stops with its message."""
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def world(device: torch.device | None = None) -> World:
+    """The launcher's world (from torchrun's environment), initialised once for `device` (NCCL for
+    CUDA, one GPU per local rank; gloo for CPU); 1 process without a launcher."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        cuda = device is not None and device.type == "cuda"
+        if cuda:
+            if local >= torch.cuda.device_count():
+                raise ValueError(f"local rank {local} has no GPU of its own: this machine has "
+                                 f"{torch.cuda.device_count()}; start at most that many processes per machine "
+                                 "(--nproc_per_node) or train on the CPU (--device cpu)")
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend_for(device or torch.device("cpu")),
+                                device_id=torch.device("cuda", local) if cuda else None)
+    return World(dist.get_rank(), dist.get_world_size(), local)
+
+
+def close_world() -> None:
+    """Destroy the process group (at the end of a command under torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_objects(w: World, obj) -> list:
+    """Every rank's `obj`, in rank order ([obj] when alone)."""
+    if w.size == 1:
+        return [obj]
+    out = [None] * w.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def agreed(w: World, fn):
+    """fn() on every rank; if it raised on any rank, every rank raises (the failing rank its own
+    error, the others AgreedError naming it), so no rank waits at a barrier for one that is gone."""
+    try:
+        out, error = fn(), None
+    except Exception as e:  # noqa: BLE001 - passed on, never swallowed
+        out, error = None, e
+    failures = [(r, m) for r, m in enumerate(gather_objects(w, None if error is None else str(error))) if m]
+    if error is not None:
+        raise error
+    if failures:
+        rank, message = failures[0]
+        raise AgreedError(f"rank {rank} failed before training: {message}")
+    return out
+
+
+def local_main_first(w: World, fn):
+    """fn() on each machine's local rank 0 first (a download, an extraction), then on the other
+    ranks, which then find the files in place; a failure stops every rank."""
+    first = agreed(w, fn if w.local_rank == 0 else lambda: None)
+    later = agreed(w, fn if w.local_rank != 0 else lambda: None)
+    return first if w.local_rank == 0 else later
 
 
 def device_for(w: World, device: torch.device) -> torch.device:
@@ -56,11 +112,16 @@ def barrier(w: World) -> None:
 
 def mean_over_ranks(x: torch.Tensor, w: World) -> torch.Tensor:
     """The mean of a tensor over ranks (for logging the global loss); x itself when alone."""
+    return sum_over_ranks(x, w) / w.size if w.size > 1 else x
+
+
+def sum_over_ranks(x: torch.Tensor, w: World) -> torch.Tensor:
+    """One all-reduce (sum) of a detached copy; x itself when alone."""
     if w.size == 1:
         return x
     x = x.detach().clone()
     dist.all_reduce(x)
-    return x / w.size
+    return x
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

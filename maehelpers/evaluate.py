@@ -54,24 +54,26 @@ def data_key(data: ImageSet) -> str:
 
 @torch.no_grad()
 def extract_features(model: MAE, images_u8, img_size: int, batch_size: int = 128, device=None,
-                     progress: bool = True, desc: str = "features") -> dict:
-    """{'cls': (N, D), 'mean': (N, D)} float32 features of the frozen encoder on full, unmasked
-    images, from one pass: the cls token and the mean of the patch tokens (cls excluded)."""
+                     progress: bool = True, desc: str = "features", amp: bool = True) -> dict:
+    """{'cls': (N, D), 'mean': (N, D)} float32 features (on the host) of the frozen encoder on
+    full, unmasked images, from one pass: the cls token and the mean of the patch tokens (cls
+    excluded). They stay on the device until the end: one copy back, not one per batch.
+    amp: mixed precision on CUDA as in pretraining (the run's train.amp)."""
     device = pick_device(device)
     model = model.to(device).eval()
-    dtype = amp_dtype(device)
+    dtype = amp_dtype(device, amp)
     out = {pool: [] for pool in POOLS}
     for i in tqdm(range(0, len(images_u8), batch_size), desc=desc, disable=not progress, leave=False):
         x = prepare(images_u8[i:i + batch_size], img_size, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             tokens = model.forward_tokens(x)
         for pool in POOLS:
-            out[pool].append(pool_tokens(tokens, pool).float().cpu())
-    return {pool: torch.cat(v) for pool, v in out.items()}
+            out[pool].append(pool_tokens(tokens, pool).float())
+    return {pool: torch.cat(v).cpu() for pool, v in out.items()}
 
 
 def cached_features(run_dir, data: ImageSet, split: str, batch_size: int = 128, device=None,
-                    progress: bool = True, keys: tuple | None = None) -> dict:
+                    progress: bool = True, keys: tuple | None = None, amp: bool = True) -> dict:
     """Both pools' features of `data` from run_dir/encoder_pretrained.pt, cached in
     run_dir/features/ under the encoder file's hash and the data's fingerprint."""
     run_dir = Path(run_dir)
@@ -82,18 +84,42 @@ def cached_features(run_dir, data: ImageSet, split: str, batch_size: int = 128, 
         return load_torch(cache)
     model, cfg = load_encoder(enc_path)
     feats = extract_features(model, data.images, cfg.model.img_size, batch_size, device, progress,
-                             desc=f"{run_dir.name} {split} features")
+                             desc=f"{run_dir.name} {split} features", amp=amp)
     save_torch(feats, cache)
     return feats
 
 
 # ----------------------------------------------------------------------------- linear probe, k-NN
+class PixelFeatures:
+    """Raw pixels as probe features, made a batch at a time on the device: `prepare`d images
+    (resized to `size`, normalised) flattened. Every value is the one the whole matrix would hold,
+    but the matrix itself (N x 3 x size x size floats: 17 GB for STL-10 at 224 px) never exists;
+    the uint8 images move to the device once."""
+
+    def __init__(self, images_u8: torch.Tensor, size: int, device):
+        self.images, self.size = images_u8.to(pick_device(device)), size
+        self.device = self.images.device
+        self.shape = (len(images_u8), 3 * size * size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return prepare(self.images[idx], self.size, self.device).flatten(1)
+
+
+def _on(x, device):
+    """A feature tensor moved to the device; PixelFeatures are made there already."""
+    return x.to(device) if torch.is_tensor(x) else x
+
+
 def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 90, batch_size: int = 128, lr: float = 1e-3,
                  seed: int = 0, device=None, progress: bool = True, predict: bool = False) -> dict:
     """Train BN + Linear on frozen features; top-1 (%) on the test features at the last epoch.
     `curve` records, per epoch, the mean training loss and the test top-1 (for the picture only:
     the reported top-1 is the last epoch's, never the best one). predict=True adds `pred`, the
-    class predicted for each test feature."""
+    class predicted for each test feature. Features, labels and the batch order live on the device;
+    the host reads one number per epoch. Features may be tensors or PixelFeatures."""
     device = pick_device(device)
     torch.manual_seed(seed)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
@@ -102,65 +128,92 @@ def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 90, batch_size:
     nn.init.zeros_(head.bias)
     probe = nn.Sequential(nn.BatchNorm1d(train_x.shape[1], affine=False, eps=1e-6), head).to(device)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.0)
-    x, y = train_x.to(device), train_y.to(device)
+    x, y, test_x, test_y = _on(train_x, device), train_y.to(device), _on(test_x, device), test_y.to(device)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total, warmup = epochs * steps_per_epoch, int(0.1 * epochs) * steps_per_epoch
     g, step, curve = torch.Generator().manual_seed(seed), 0, []
     for epoch in tqdm(range(epochs), desc="linear probe", disable=not progress, leave=False):
         probe.train()
-        losses = []
-        for idx in torch.randperm(len(x), generator=g).split(batch_size):
+        loss_sum, batches = torch.zeros((), device=device), 0
+        for idx in torch.randperm(len(x), generator=g).to(device).split(batch_size):
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, warmup, lr)
-            loss = F.cross_entropy(probe(x[idx.to(device)]), y[idx.to(device)])
+            loss = F.cross_entropy(probe(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step += 1
-            losses.append(loss.item())
-        curve.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
-                      "test_top1": _accuracy(probe, test_x, test_y, device)})
-    out = {"top1": curve[-1]["test_top1"], "train_top1": _accuracy(probe, x, train_y, device), "curve": curve}
+            step, batches, loss_sum = step + 1, batches + 1, loss_sum + loss.detach()
+        curve.append({"epoch": epoch + 1, "train_loss": (loss_sum / max(batches, 1)).item(),
+                      "test_top1": _accuracy(probe, test_x, test_y)})
+    out = {"top1": curve[-1]["test_top1"], "train_top1": _accuracy(probe, x, y), "curve": curve}
     if predict:
-        with torch.no_grad():
-            out["pred"] = probe.eval()(test_x.to(device)).argmax(1).cpu()
+        out["pred"] = _predict(probe, test_x).cpu()
     return out
 
 
 @torch.no_grad()
-def _accuracy(probe, x, y, device) -> float:
+def _predict(probe, x, batch: int = 512) -> torch.Tensor:
+    """Predicted classes: one pass for a feature tensor, batches for PixelFeatures."""
     probe.eval()
-    return 100.0 * (probe(x.to(device)).argmax(1).cpu() == y).float().mean().item()
+    if torch.is_tensor(x):
+        return probe(x).argmax(1)
+    return torch.cat([probe(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+
+
+def _accuracy(probe, x, y) -> float:
+    return 100.0 * (_predict(probe, x) == y).float().mean().item()
 
 
 @torch.no_grad()
-def knn_predict(train_x, train_y, test_x, k: int = 20, t: float = 0.07, chunk: int = 1024):
-    """Weighted k-NN on cosine similarity: each of the k neighbours votes exp(sim / t)."""
+def knn_predict(train_x, train_y, test_x, k: int = 20, t: float = 0.07, chunk: int = 1024, device=None,
+                train_chunk: int = 65536):
+    """Weighted k-NN on cosine similarity: each of the k neighbours votes exp(sim / t). On `device`
+    (default: where the features are), in chunks of test rows and of training rows, so neither the
+    similarity matrix nor (for PixelFeatures) the training matrix needs to fit at once."""
+    device = torch.device(device) if device is not None else (
+        train_x.device if torch.is_tensor(train_x) else train_x.device)
     num_classes = int(train_y.max()) + 1
-    train_x = F.normalize(train_x.float(), dim=1)
+    train_y = train_y.to(device)
     k = min(k, len(train_x))
     preds = []
-    for part in F.normalize(test_x.float(), dim=1).split(chunk):
-        sim, idx = (part @ train_x.T).topk(k, dim=1)
-        votes = torch.zeros(len(part), num_classes).scatter_add_(1, train_y[idx], (sim / t).exp())
+    for start in range(0, len(test_x), chunk):
+        part = F.normalize(_on(test_x[start:start + chunk], device).float(), dim=1)
+        sim, idx = _nearest(part, train_x, k, device, train_chunk)
+        votes = torch.zeros(len(part), num_classes, device=device).scatter_add_(1, train_y[idx], (sim / t).exp())
         preds.append(votes.argmax(1))
-    return torch.cat(preds)
+    return torch.cat(preds).cpu()
 
 
-def knn_top1(train_x, train_y, test_x, test_y, k: int = 20, t: float = 0.07) -> float:
-    return 100.0 * (knn_predict(train_x, train_y, test_x, k, t) == test_y).float().mean().item()
+def _nearest(part, train_x, k: int, device, train_chunk: int):
+    """Cosine similarities and indices of the k training rows nearest to each row of `part`,
+    merged over chunks of training rows (one chunk: a single matmul and top-k)."""
+    best = None
+    for start in range(0, len(train_x), train_chunk):
+        rows = F.normalize(_on(train_x[start:start + train_chunk], device).float(), dim=1)
+        sim, idx = (part @ rows.T).topk(min(k, len(rows)), dim=1)
+        idx = idx + start
+        if best is not None:
+            sim, pick = torch.cat([best[0], sim], 1).topk(k, dim=1)
+            idx = torch.cat([best[1], idx], 1).gather(1, pick)
+        best = (sim, idx)
+    return best
 
 
-def raw_pixel_baseline(cfg: PretrainConfig, train: ImageSet, test: ImageSet, seed: int = 0) -> dict:
+def knn_top1(train_x, train_y, test_x, test_y, k: int = 20, t: float = 0.07, device=None, **chunks) -> float:
+    return 100.0 * (knn_predict(train_x, train_y, test_x, k, t, device=device, **chunks) == test_y).float().mean().item()
+
+
+def raw_pixel_baseline(cfg: PretrainConfig, train: ImageSet, test: ImageSet, seed: int = 0, device=None) -> dict:
     """Linear probe and k-NN on the normalised pixels themselves, with the run's eval settings:
-    what an encoder must beat to be worth its features."""
-    size, e = cfg.model.img_size, cfg.eval
-    tr, te = prepare(train.images, size).flatten(1), prepare(test.images, size).flatten(1)
-    lp = linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, seed, progress=False)
-    return {"lp_top1": lp["top1"], "knn_top1": knn_top1(tr, train.labels, te, test.labels, e.knn_k, e.knn_t),
-            "lp_curve": lp["curve"]}
+    what an encoder must beat to be worth its features. The pixels are made batch by batch on
+    `device` (PixelFeatures), so STL-10 at 224 px needs no 17 GB matrix on the host."""
+    size, e, device = cfg.model.img_size, cfg.eval, pick_device(device)
+    tr, te = PixelFeatures(train.images, size, device), PixelFeatures(test.images, size, device)
+    lp = linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, seed, device, progress=False)
+    knn = knn_top1(tr, train.labels, te, test.labels, e.knn_k, e.knn_t, device, chunk=512, train_chunk=512)
+    return {"lp_top1": lp["top1"], "knn_top1": knn, "lp_curve": lp["curve"]}
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -187,15 +240,15 @@ def param_groups_lrd(model: ViTClassifier, weight_decay: float, layer_decay: flo
 
 
 @torch.no_grad()
-def classify(model, images_u8, labels, img_size: int, batch_size: int, device) -> float:
+def classify(model, images_u8, labels, img_size: int, batch_size: int, device, amp: bool = True) -> float:
     model.eval()
-    dtype = amp_dtype(device)
-    correct = 0
+    dtype = amp_dtype(device, amp)
+    labels, correct = labels.to(device), torch.zeros((), device=device)
     for i in range(0, len(images_u8), batch_size):
         x = prepare(images_u8[i:i + batch_size], img_size, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            correct += (model(x).argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
-    return 100.0 * correct / len(images_u8)
+            correct += (model(x).argmax(1) == labels[i:i + batch_size]).sum()
+    return 100.0 * correct.item() / len(images_u8)
 
 
 def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state: dict | None = None,
@@ -211,8 +264,8 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
     model.to(device)
     lr = e.ft_blr * e.batch_size / 256
     layer_decay = e.ft_layer_decay if layer_decay is None else layer_decay
-    opt = torch.optim.AdamW(param_groups_lrd(model, e.ft_weight_decay, layer_decay), lr=lr)
-    dtype = amp_dtype(device)
+    opt = torch.optim.AdamW(param_groups_lrd(model, e.ft_weight_decay, layer_decay), lr=lr, fused=device.type == "cuda")
+    dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     mix = _mixer(e, num_classes)
     criterion = nn.CrossEntropyLoss(label_smoothing=e.ft_label_smoothing)
@@ -226,7 +279,7 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
     for epoch in range(e.ft_epochs):
         model.train()
         order = torch.randperm(len(train), generator=order_g)
-        epoch_sum = 0.0
+        epoch_sum = torch.zeros((), device=device)  # read once per epoch: no step waits for the GPU
         for i in range(steps_per_epoch):
             idx = order[i * e.batch_size:(i + 1) * e.batch_size]
             x = augment(train.images[idx], cfg.model.img_size, e.ft_crop_scale,
@@ -242,12 +295,12 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            step, epoch_sum = step + 1, epoch_sum + loss.item()
+            step, epoch_sum = step + 1, epoch_sum + loss.detach()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        curve.append({"epoch": epoch + 1, "train_loss": epoch_sum / steps_per_epoch})
+        curve.append({"epoch": epoch + 1, "train_loss": epoch_sum.item() / steps_per_epoch})
+        bar.set_postfix(loss=f"{curve[-1]['train_loss']:.3f}")
     bar.close()
-    top1 = classify(model, test.images, test.labels, cfg.model.img_size, e.batch_size, device)
+    top1 = classify(model, test.images, test.labels, cfg.model.img_size, e.batch_size, device, cfg.train.amp)
     return {"top1": top1, "epochs": e.ft_epochs, "steps": total, "layer_decay": layer_decay,
             "final_train_loss": curve[-1]["train_loss"], "curve": curve,
             "time_s": round(time.perf_counter() - t0, 2)}, model
@@ -340,7 +393,8 @@ def evaluate_run(run_dir, data_root="data", steps=("lp", "knn", "ft"), data=None
     def features():
         if not feats:
             for split, data, key in (("train", train, data_keys[0]), ("test", test, data_keys[1])):
-                feats[split] = cached_features(run_dir, data, split, e.batch_size, device, progress, (encoder, key))
+                feats[split] = cached_features(run_dir, data, split, e.batch_size, device, progress, (encoder, key),
+                                               cfg.train.amp)
         return feats["train"], feats["test"]
 
     def probe():
@@ -353,7 +407,8 @@ def evaluate_run(run_dir, data_root="data", steps=("lp", "knn", "ft"), data=None
 
     def knn():
         tr, te = features()
-        out = {pool: knn_top1(tr[pool], train.labels, te[pool], test.labels, e.knn_k, e.knn_t) for pool in POOLS}
+        out = {pool: knn_top1(tr[pool], train.labels, te[pool], test.labels, e.knn_k, e.knn_t, pick_device(device))
+               for pool in POOLS}
         return out, {"knn_top1": out[e.pool], **{f"knn_top1_{p}": out[p] for p in POOLS}}
 
     def ft():

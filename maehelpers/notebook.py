@@ -31,6 +31,26 @@ def project_root() -> Path:
 
 DRIVE_MOUNT = Path("/content/drive")
 DRIVE_HOME = Path("/content/drive/MyDrive/maehelpers")  # where Colab keeps data and runs across runtimes
+LOCAL_DATA = Path("/content/data")  # the runtime's own disk
+
+
+def local_copy(data_root: Path, local: Path = None, folder: str = "stl10_binary") -> Path:
+    """Drive is a network mount: every training step's random reads from a memory map there wait
+    on the network. When data_root holds the extracted STL-10, copy it once to the runtime's disk
+    (a copy whose files have the same sizes is reused) and read from there; else keep data_root."""
+    import shutil
+    local = local or LOCAL_DATA
+    source = Path(data_root) / folder
+    if not source.is_dir():
+        return Path(data_root)
+    files = [f for f in source.iterdir() if f.is_file()]
+    if not all((local / folder / f.name).exists() and (local / folder / f.name).stat().st_size == f.stat().st_size
+               for f in files):
+        print(f"copying {source} to {local / folder} (once per runtime; reads from Drive are slow)")
+        (local / folder).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copyfile(f, local / folder / f.name)
+    return local
 
 
 def in_colab() -> bool:
@@ -54,6 +74,8 @@ def setup(data_root="data", runs_root="runs", use_drive: bool | None = None, dev
         print(f"use_drive applies in Colab only; here runs and data stay under {base}")
     data_root = data_root if data_root.is_absolute() else base / data_root
     runs_root = runs_root if runs_root.is_absolute() else base / runs_root
+    if use_drive and in_colab():
+        data_root = local_copy(data_root)
     runs_root.mkdir(parents=True, exist_ok=True)
     dev = str(pick_device(device))
     print(f"data: {data_root}\nruns: {runs_root}\ndevice: {dev}")

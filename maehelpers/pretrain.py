@@ -3,9 +3,14 @@ per-step warmup + half-cycle cosine), resumable to the bit from `checkpoint_last
 
 Randomness is a pure function of (seed, step): the epoch's image order comes from (seed, epoch),
 augmentation and mask noise from a generator seeded with (seed, step). Resuming at any step
-therefore replays exactly what an uninterrupted run would have done: bit-identical weights on CPU.
-On CUDA the same data, masks and schedule are replayed, but some GPU kernels (atomics in backward
-passes) are not deterministic, so a resumed run matches an uninterrupted one only to float noise.
+therefore replays exactly what an uninterrupted run would have done: bit-identical weights on CPU
+(tested). On CUDA nothing is made deterministic: the image order and the schedule are replayed, but
+random numbers drawn on the GPU can depend on the GPU model and kernels (atomics in backward passes)
+are not deterministic, so a resumed CUDA run follows the same recipe, not the same bits.
+
+train.accum_iter splits each step's batch into micro-batches (memory only: the step, its batch,
+lr, crops and masks stay the same). Mixed precision on CUDA: bf16 where the GPU has it, else fp16
+with a GradScaler whose scale and skipped steps are logged; a collapsing scale stops the run.
 """
 import contextlib
 import io
@@ -25,20 +30,25 @@ from .data import augment, epoch_order, load_dataset
 from .losses import pretrain_loss
 from .masking import mask_ratio_at
 from .model import MAE, encoder_state_dict
-from .distributed import World, barrier, device_for, mean_over_ranks, world
+from .distributed import (World, agreed, barrier, device_for, gather_objects, local_main_first, mean_over_ranks,
+                          sum_over_ranks, world)
 from .runs import (EVAL_KEYS, CheckpointError, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl,
                    read_results, run_lock, save_json, save_torch, write_text)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped before the weights were updated."""
+    """The loss became NaN or infinite (or fp16's loss scale collapsed); training stopped."""
 
 
 def pick_device(device=None) -> torch.device:
-    """The device to use: the one asked for, else CUDA when present, else CPU."""
-    if device not in (None, "", "auto"):
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device to use: the one asked for, else CUDA when present, else CPU. On CUDA, fp32 matrix
+    products may use TF32 (Ampere and newer): the paths that stay fp32 (amp off, metrics, probes)
+    then run on tensor cores, as PyTorch's own recommendation for training."""
+    device = torch.device(device if device not in (None, "", "auto") else
+                          "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    return device
 
 
 def amp_dtype(device: torch.device, enabled: bool = True, capability: tuple | None = None):
@@ -121,10 +131,11 @@ def _check_resumable(ckpt: dict, cfg: PretrainConfig, path: Path, run: dict) -> 
             raise CheckpointError(f"{path} was trained on {ckpt['n_images']} images ({ckpt['steps_per_epoch']} "
                                   f"steps per epoch); this dataset gives {run['n_images']} ({run['steps_per_epoch']}). "
                                   "Resume with the same data, or start a new run folder.")
-    if ckpt.get("precision", run["precision"]) != run["precision"]:
-        raise CheckpointError(f"{path} was trained in {ckpt['precision']} but this resume would run in "
-                              f"{run['precision']} (device {run['device']}); resume on the same kind of device, "
-                              "set train.amp to match (false = fp32), or start a new run folder.")
+    old, new = ckpt.get("precision", run["precision"]), run["precision"]
+    if old != new and "fp32" in (old, new):
+        raise CheckpointError(f"{path} was trained in {old} but this resume would run in {new} (device "
+                              f"{run['device']}); resume on the same kind of device, set train.amp to match "
+                              "(false = fp32), or start a new run folder.")
 
 
 @dataclass
@@ -134,17 +145,26 @@ class _State:
     seconds: float = 0.0
     epoch_loss: float = 0.0
     epoch_count: int = 0
+    skipped: int = 0                    # fp16 steps the GradScaler skipped (overflowing gradients)
+    precision_changes: tuple = ()       # ({"step", "from", "to"}, ...): a run resumed on another GPU
 
 
-def _restore(ckpt, model, optimizer, scaler, device) -> _State:
+def _restore(ckpt, model, optimizer, scaler, device, precision: str) -> _State:
+    """The checkpoint's weights, optimiser, RNG and counters. fp16 <-> bf16 is allowed (the weights
+    and Adam's moments are fp32 either way): the GradScaler's state is kept only when both are fp16,
+    and the change is recorded."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt.get("scaler"):
+    if ckpt.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng_cpu"])
     if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(ckpt["rng_cuda"])
-    return _State(ckpt["step"], ckpt["pretrain_time_s"], ckpt.get("epoch_loss", 0.0), ckpt.get("epoch_count", 0))
+    changes = tuple(ckpt.get("precision_changes", ()))
+    if ckpt.get("precision", precision) != precision:
+        changes += ({"step": ckpt["step"], "from": ckpt["precision"], "to": precision},)
+    return _State(ckpt["step"], ckpt["pretrain_time_s"], ckpt.get("epoch_loss", 0.0), ckpt.get("epoch_count", 0),
+                  ckpt.get("skipped", 0), changes)
 
 
 def _trim_logs(run_dir: Path, step: int) -> None:
@@ -154,51 +174,66 @@ def _trim_logs(run_dir: Path, step: int) -> None:
         write_text(log, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _step_inputs(cfg, images_u8, step: int, total_steps: int, num_patches: int, device, w: World = World()):
-    """The step's augmented batch, mask noise and mask ratio: a pure function of (seed, step).
-    Every rank draws the whole global batch and keeps its own slice of it."""
+def _step_inputs(cfg, images_u8, step: int, total_steps: int, num_patches: int, device, rows: slice, batch: int):
+    """Rows `rows` of the step's global batch of `batch` images (their images in `images_u8`):
+    augmented images, mask noise and the mask ratio, a pure function of (seed, step). The random
+    draws are made for the whole global batch, so they do not depend on how it is split over
+    processes or micro-batches, but only these rows are resampled."""
     g = step_generator(cfg.seed, step, device)
-    imgs = augment(images_u8, cfg.model.img_size, cfg.train.crop_scale, generator=g, device=device)
-    noise = torch.rand(imgs.shape[0], num_patches, generator=g, device=device)
+    imgs = augment(images_u8, cfg.model.img_size, cfg.train.crop_scale, generator=g, device=device, rows=rows,
+                   batch=batch)
+    noise = torch.rand(batch, num_patches, generator=g, device=device)[rows]
     u = 0.5
     if cfg.variant.mask_schedule == "random":  # drawn on the host on CUDA: .item() of a GPU value would wait
         host = g if g.device.type == "cpu" else step_generator(cfg.seed, step, torch.device("cpu"))
         u = torch.rand(1, generator=host).item()
-    mine = w.slice(imgs.shape[0])
-    return imgs[mine], noise[mine], mask_ratio_at(step / total_steps, cfg.variant, u)
+    return imgs, noise, mask_ratio_at(step / total_steps, cfg.variant, u)
 
 
-def _train_step(objective, optimizer, scaler, imgs, noise, ratio, lr, dtype, log, step: int, w: World):
-    """One update; returns the loss and loss terms averaged over ranks, detached and still on the
-    device. When the log checks every step (CPU) a non-finite loss stops before the update; on CUDA
-    the check waits for the next log flush, so the step does not wait for the device."""
+def _train_step(objective, optimizer, scaler, micro_inputs, accum: int, lr, dtype, log, step: int, w: World):
+    """One update from `accum` micro-batches (micro_inputs(k) -> images, noise, ratio), gradients
+    summed locally and synchronised across ranks once, at the last one. Returns this rank's loss and
+    loss terms, detached, on the device, and the step's mask ratio. When the log checks every step (CPU) a non-finite loss stops
+    before the update; on CUDA the check waits for the next log flush, so no step waits for the GPU."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
-        loss, parts, _, _ = objective(imgs, ratio, noise)
-    everyone = mean_over_ranks(loss.detach(), w)  # the same value on every rank, so all stop together
-    if log.every == 1 and not math.isfinite(everyone.item()):
-        log.non_finite(step, everyone.item(), "stopped before updating the weights")
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    total, terms = 0.0, {}
+    for k in range(accum):
+        imgs, noise, ratio = micro_inputs(k)
+        last = k == accum - 1
+        with objective.no_sync() if w.size > 1 and not last else contextlib.nullcontext():
+            with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
+                loss, parts, _, _ = objective(imgs, ratio, noise)
+            if log.every == 1:
+                everyone = mean_over_ranks(loss.detach(), w).item()  # the same on every rank: all stop together
+                if not math.isfinite(everyone):
+                    log.non_finite(step, everyone, "stopped before updating the weights")
+            scaler.scale(loss / accum).backward()
+        total = total + loss.detach() / accum
+        terms = {name: terms.get(name, 0.0) + v.detach() / accum for name, v in parts.items()}
     scaler.step(optimizer)
     scaler.update()
-    return everyone, {k: mean_over_ranks(v.detach(), w) for k, v in parts.items()}
+    return total, terms, ratio
 
 
 class _StepLog:
     """Per-step rows kept on the device and written every `every` steps (1 on CPU), so that on CUDA
-    the loop does not wait for the GPU at each step; the finiteness check happens at each flush,
-    and always before a checkpoint is written."""
+    the loop does not wait for the GPU at each step. Each flush makes one all-reduce of the stacked
+    values (the global loss for the log) and of the Ctrl-C flag, so every rank agrees when to stop;
+    it checks finiteness and, under fp16, the GradScaler's scale (always before a checkpoint)."""
 
-    def __init__(self, run_dir: Path, state: _State, every: int, bar, ckpt_path: Path, amp: bool, write: bool = True):
+    def __init__(self, run_dir: Path, state: _State, every: int, bar, ckpt_path: Path, amp: bool, w: World,
+                 sigint: dict, write: bool = True):
         self.slog, self.elog = (open(run_dir / name, "a") if write else io.StringIO()
                                 for name in ("log_steps.jsonl", "log_epochs.jsonl"))
         self.state, self.every, self.bar, self.ckpt_path, self.amp = state, every, bar, ckpt_path, amp
-        self.pending = []
+        self.w, self.sigint, self.stop = w, sigint, False
+        self.pending, self.scale, self.epoch_skipped, self.eta_start = [], None, 0, None
 
-    def add(self, row: dict, loss, parts) -> None:
-        self.pending.append((row, loss, parts))
+    def add(self, row: dict, loss, parts, scale=None) -> None:
+        """scale: the GradScaler's scale after this step (a device tensor), or None without fp16."""
+        self.pending.append((row, loss, parts, scale))
         if len(self.pending) >= self.every:
             self.flush()
 
@@ -206,18 +241,43 @@ class _StepLog:
         if not self.pending:
             return
         values = torch.stack([torch.stack([loss.float(), *[p.float() for p in parts.values()]])
-                              for _, loss, parts in self.pending]).tolist()
-        for (row, _, parts), vals in zip(self.pending, values):
+                              for _, loss, parts, _ in self.pending])
+        flag = torch.tensor([float(self.sigint["hit"])], device=values.device)
+        summed = sum_over_ranks(torch.cat([values.flatten(), flag]), self.w)
+        self.stop = bool(summed[-1] > 0)
+        values = (summed[:-1] / self.w.size).view_as(values).tolist()
+        scales = [float(s) for s in torch.stack([s for *_, s in self.pending]).tolist()] \
+            if self.pending[0][3] is not None else [None] * len(self.pending)
+        for (row, _, parts, _), vals, scale in zip(self.pending, values, scales):
             if not math.isfinite(vals[0]):
                 self.non_finite(row["step"] - 1, vals[0], f"found when checking every {self.every} steps; "
                                                           "nothing after it was saved")
             row.update(loss=vals[0], **dict(zip(parts, vals[1:])))
+            if scale is not None:
+                self._check_scale(row, scale)
             self.slog.write(json.dumps(row) + "\n")
             self.state.epoch_loss, self.state.epoch_count = self.state.epoch_loss + vals[0], self.state.epoch_count + 1
         self.bar.update(len(self.pending))
         self.bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{row['lr']:.2e}", mask=f"{row['mask_ratio']:.2f}")
         self.pending = []
         self.slog.flush()
+
+    def _check_scale(self, row: dict, scale: float) -> None:
+        """A GradScaler halves its scale exactly when it skips a step (inf/NaN gradients): count them,
+        and stop when the scale falls below 1, where fp16 can no longer represent the gradients."""
+        skipped = self.scale is not None and scale < self.scale
+        self.scale = scale
+        self.state.skipped += skipped
+        self.epoch_skipped += skipped
+        row.update(loss_scale=scale, skipped_steps=self.state.skipped)
+        if scale < 1:
+            self.collapse(f"the fp16 loss scale fell to {scale:g} at step {row['step']}")
+
+    def collapse(self, what: str):
+        good = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"{what}: the gradients overflow fp16 and the GradScaler is skipping updates, so the "
+                                 f"loss only looks finite; {good}. Start again in a new run folder with a lower "
+                                 "train.blr, or set train.amp false to train in fp32.")
 
     def non_finite(self, step: int, value: float, what: str):
         good = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
@@ -227,10 +287,14 @@ class _StepLog:
 
     def end_epoch(self, step: int, epoch: int, seconds: float) -> None:
         self.flush()
-        self.elog.write(json.dumps({"step": step, "epoch": epoch, "loss": self.state.epoch_loss / self.state.epoch_count,
-                                    "seconds": seconds}) + "\n")
+        count = self.state.epoch_count
+        if self.scale is not None and self.epoch_skipped > count / 2:
+            self.collapse(f"the GradScaler skipped {self.epoch_skipped} of the {count} steps of epoch {epoch}")
+        self.elog.write(json.dumps({"step": step, "epoch": epoch, "loss": self.state.epoch_loss / count,
+                                    "seconds": seconds, **({"skipped_steps": self.epoch_skipped}
+                                                           if self.scale is not None else {})}) + "\n")
         self.elog.flush()
-        self.state.epoch_loss, self.state.epoch_count = 0.0, 0
+        self.state.epoch_loss, self.state.epoch_count, self.epoch_skipped = 0.0, 0, 0
 
     def close(self) -> None:
         self.slog.close()
@@ -248,17 +312,18 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
     resumes. Ctrl-C saves a checkpoint at the current step and re-raises KeyboardInterrupt.
     The run folder is locked while this runs: a second process on it is refused.
     Under torchrun (see distributed.py) every rank trains its slice of the same global batch and
-    rank 0 alone writes the run folder.
+    rank 0 alone writes the run folder, which every machine must see (a shared file system).
     """
     validate(cfg)
-    w = world()
-    if cfg.train.batch_size % w.size:
+    device = pick_device(device)
+    w = world(device)
+    split = w.size * cfg.train.accum_iter
+    if cfg.train.batch_size % split:
         raise ValueError(f"train.batch_size {cfg.train.batch_size} is the global batch and must divide by the "
-                         f"{w.size} processes: choose a multiple of {w.size}")
-    device = device_for(w, pick_device(device))
-    if w.main:
-        prepare_run_dir(run_dir)
-    barrier(w)
+                         f"{w.size} processes x {cfg.train.accum_iter} micro-batches (train.accum_iter): "
+                         f"choose a multiple of {split}")
+    device = device_for(w, device)
+    agreed(w, lambda: prepare_run_dir(run_dir) if w.main else None)
     run_dir = Path(run_dir)
     with run_lock(run_dir) if w.main else contextlib.nullcontext():
         result = _pretrain(cfg, run_dir, data, data_root, resume, device, progress and w.main, stop_at_epoch, w)
@@ -266,26 +331,28 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
     return result if w.main else read_results(run_dir)
 
 
-ETA_STEPS = 5  # steps measured before the expected duration is printed
+ETA_WARMUP, ETA_STEPS = 2, 5  # steps left out (CUDA start-up, autotuning), then steps measured
 
 
 def eta_message(seconds_per_step: float, remaining: int, device: torch.device, preset: str) -> str:
     """The expected duration of the rest of a run, from the steps measured so far."""
     total = seconds_per_step * remaining
     h, m = divmod(round(total / 60), 60)
-    text = (f"measured {seconds_per_step:.2f} s/step over the first {ETA_STEPS} steps: the remaining {remaining} "
-            f"steps take about {f'{h} h {m} min' if h else f'{max(m, 1)} min'}")
+    text = (f"measured {seconds_per_step:.2f} s/step over {ETA_STEPS} steps (after {ETA_WARMUP} warm-up steps): "
+            f"the remaining {remaining} steps take about {f'{h} h {m} min' if h else f'{max(m, 1)} min'}")
     if device.type == "cpu" and preset == "paper" and total > 3600:
         text += (". The 'paper' preset (224 px) is meant for a GPU; on a CPU use preset 'fast' (96 px, ~5x cheaper) "
                  "or 'smoke' to check the set-up")
     return text
 
 
-def resident(images, device: torch.device, limit_bytes: int = 2 << 30):
-    """A dataset small enough (Fashion-MNIST, CIFAR-10) lives on the GPU, so no step waits for a copy."""
-    if device.type == "cuda" and images.numel() * images.element_size() <= limit_bytes:
-        return images.to(device)
-    return images
+def resident(images, device: torch.device, limit_bytes: int | None = None):
+    """Keep the dataset on the GPU when it takes at most a third of the free GPU memory (STL-10's
+    2.8 GB at 96 px fits a T4), so no step gathers a batch from host memory or a memory map."""
+    if device.type != "cuda":
+        return images
+    limit = limit_bytes if limit_bytes is not None else torch.cuda.mem_get_info(device)[0] // 3
+    return images.to(device) if images.numel() * images.element_size() <= limit else images
 
 
 class _Objective(torch.nn.Module):
@@ -299,12 +366,37 @@ class _Objective(torch.nn.Module):
         return pretrain_loss(self.model, imgs, ratio, self.variant, noise)
 
 
+def _load_checkpoint(ckpt_path: Path, cfg, run: dict, resume: bool, w: World):
+    """The checkpoint to resume from, or None. Every rank reads it and all must see the same one:
+    a rank that sees none (a run folder that is not shared) would start at step 0 while the others
+    resume, so that is refused on every rank."""
+    def read():
+        if ckpt_path.exists() and not resume:
+            raise CheckpointError(f"{ckpt_path} exists. Pass resume=True (--resume) to continue it, "
+                                  "or choose another run folder / delete it to start over.")
+        ckpt = load_torch(ckpt_path) if ckpt_path.exists() else None
+        if ckpt is not None:
+            _check_resumable(ckpt, cfg, ckpt_path, run)
+        return ckpt
+    ckpt = agreed(w, read)
+    seen = gather_objects(w, None if ckpt is None else ckpt["step"])
+    if len(set(seen)) > 1:
+        raise CheckpointError(f"the processes disagree about {ckpt_path} (step seen by each rank: {seen}); "
+                              "under torchrun every machine must see the same run folder (a shared file system)")
+    return ckpt
+
+
+def _optimizer(model, t, device):
+    """AdamW as official; fused on CUDA, which also lets the GradScaler skip a step without a host sync."""
+    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas,
+                             fused=device.type == "cuda")
+
+
 def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch, w: World) -> dict:
     ckpt_path, t = run_dir / "checkpoint_last.pt", cfg.train
-    if ckpt_path.exists() and not resume:
-        raise CheckpointError(f"{ckpt_path} exists. Pass resume=True (--resume) to continue it, "
-                              "or choose another run folder / delete it to start over.")
-    data = (data if data is not None else load_dataset(cfg.dataset, "pretrain", data_root)).head(t.max_images)
+    if data is None:  # one process per machine downloads; the others wait, then read
+        data = local_main_first(w, lambda: load_dataset(cfg.dataset, "pretrain", data_root))
+    data = data.head(t.max_images)
     steps_per_epoch = len(data) // t.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(data)} images are fewer than one batch of {t.batch_size}; "
@@ -313,15 +405,13 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     dtype = amp_dtype(device, t.amp)
     run = {"n_images": len(data), "steps_per_epoch": steps_per_epoch, "precision": precision_name(dtype),
            "device": device.type}
-    ckpt = load_torch(ckpt_path) if ckpt_path.exists() else None
-    if ckpt is not None:
-        _check_resumable(ckpt, cfg, ckpt_path, run)
+    ckpt = _load_checkpoint(ckpt_path, cfg, run, resume, w)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas)
+    optimizer = _optimizer(model, t, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    state = _restore(ckpt, model, optimizer, scaler, device) if ckpt is not None else _State()
+    state = _restore(ckpt, model, optimizer, scaler, device, run["precision"]) if ckpt is not None else _State()
     objective = _Objective(model, cfg.variant)
     if w.size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(
@@ -336,7 +426,8 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                         "step": state.step, "epoch": state.step // steps_per_epoch, "pretrain_time_s": seconds,
-                        "epoch_loss": state.epoch_loss, "epoch_count": state.epoch_count,
+                        "epoch_loss": state.epoch_loss, "epoch_count": state.epoch_count, "skipped": state.skipped,
+                        "precision_changes": list(state.precision_changes),
                         "rng_cpu": torch.get_rng_state(),
                         "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
                         "config": to_dict(cfg), **run}, ckpt_path)
@@ -351,53 +442,63 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     bar = tqdm(total=total_steps, initial=state.step, desc=f"pretrain {cfg.variant.name}", unit="step",
                disable=not progress, dynamic_ncols=True)
     every = t.log_every or (1 if device.type == "cpu" else 25)
-    log = _StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None, write=w.main)
     images = resident(data.images, device)
-    order, first_step = None, state.step
-    try:
-        with deferred_sigint() as sigint:
+    first_step, per_rank = state.step, t.batch_size // w.size
+    micro = per_rank // t.accum_iter
+    with deferred_sigint() as sigint:
+        log = _StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None, w, sigint, write=w.main)
+        try:
+            order = None
             while state.step < end_step:
                 epoch, i = divmod(state.step, steps_per_epoch)
-                if order is None or i == 0:
-                    order = epoch_order(len(data), cfg.seed, epoch)
+                if order is None or i == 0:  # the epoch's order, on the device that holds the images
+                    order = epoch_order(len(data), cfg.seed, epoch).to(images.device)
                 idx = order[i * t.batch_size:(i + 1) * t.batch_size]
-                imgs, noise, ratio = _step_inputs(cfg, images[idx.to(images.device)], state.step, total_steps,
-                                                  model.num_patches, device, w)
+
+                def micro_inputs(k, step=state.step, idx=idx):
+                    rows = slice(w.rank * per_rank + k * micro, w.rank * per_rank + (k + 1) * micro)
+                    return _step_inputs(cfg, images[idx[rows]], step, total_steps, model.num_patches, device, rows,
+                                        t.batch_size)
                 lr = lr_at(state.step, total_steps, warmup_steps, t.lr, t.min_lr)
-                loss, parts = _train_step(objective, optimizer, scaler, imgs, noise, ratio, lr, dtype, log, state.step, w)
+                loss, parts, ratio = _train_step(objective, optimizer, scaler, micro_inputs, t.accum_iter, lr, dtype,
+                                                 log, state.step, w)
                 state.step += 1
-                if progress and state.step - first_step == ETA_STEPS and end_step > state.step:
-                    log.flush()  # the device catches up, so the time is real
-                    print(eta_message((time.perf_counter() - t0) / ETA_STEPS, end_step - state.step, device, cfg.preset))
-                log.add({"step": state.step, "epoch": epoch + 1, "lr": lr, "mask_ratio": ratio}, loss, parts)
+                log.add({"step": state.step, "epoch": epoch + 1, "lr": lr, "mask_ratio": ratio}, loss, parts,
+                        scaler._scale.clone() if scaler.is_enabled() else None)  # noqa: SLF001 - read without a sync
+                _report_eta(log, state.step - first_step, t0, end_step - state.step, device, cfg.preset, progress)
                 if state.step % steps_per_epoch == 0:
                     log.end_epoch(state.step, epoch + 1, elapsed())
                     if (epoch + 1) % t.save_every == 0 or state.step == end_step:
                         save(elapsed())
-                if _anyone(sigint["hit"], w, device):
+                if log.stop:
                     log.flush()
                     save(elapsed())
                     print(f"Interrupted at step {state.step}: checkpoint saved to {ckpt_path}; run again to resume.")
                     raise KeyboardInterrupt
             log.flush()
-    finally:
-        log.close()
+        finally:
+            log.close()
     seconds = elapsed()
     if state.step != saved["step"] or not ckpt_path.exists():
         save(seconds)  # the end, when save_every skipped the last epoch
     if state.step < total_steps:
         return {"status": "paused", "step": state.step, "total_steps": total_steps}
-    return _finish(cfg, run_dir, model, seconds, total_steps, len(data), device, run["precision"], w) if w.main else {}
+    return _finish(cfg, run_dir, model, seconds, total_steps, len(data), device, run["precision"], w, state) if w.main else {}
 
 
-def _anyone(flag: bool, w: World, device) -> bool:
-    """True on every rank when any rank saw Ctrl-C, so all of them stop at the same step."""
-    if w.size == 1:
-        return flag
-    return bool(mean_over_ranks(torch.tensor(float(flag), device=device), w) > 0)
+def _report_eta(log, done: int, t0: float, remaining: int, device, preset: str, progress: bool) -> None:
+    """After ETA_WARMUP steps start the clock, after ETA_STEPS more print the measured duration.
+    The flushes (on every rank: a flush is collective) let the device catch up, so the time is real."""
+    if done == ETA_WARMUP:
+        log.flush()
+        log.eta_start = time.perf_counter()
+    elif done == ETA_WARMUP + ETA_STEPS and remaining > 0:
+        log.flush()
+        if progress:
+            print(eta_message((time.perf_counter() - log.eta_start) / ETA_STEPS, remaining, device, preset))
 
 
-def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precision, w: World) -> dict:
+def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precision, w: World, state: _State) -> dict:
     """Write the encoder file and the run's results; evaluations of an older encoder are dropped."""
     save_torch({"model": encoder_state_dict(model), "config": to_dict(cfg)}, run_dir / "encoder_pretrained.pt")
     last = read_jsonl(run_dir / "log_epochs.jsonl")
@@ -408,7 +509,8 @@ def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precisi
         "config": to_dict(cfg), "pretrain_time_s": round(seconds, 2), "pretrain_steps": total_steps,
         "pretrain_images": n_images, "pretrain_final_loss": last[-1]["loss"] if last else None,
         "torch": torch.__version__, "device": device_name(device), "precision": precision, "world_size": w.size,
-        "git_commit": git_commit(), "status": "done"})
+        "matmul_precision": torch.get_float32_matmul_precision(), "skipped_steps": state.skipped,
+        "precision_changes": list(state.precision_changes), "git_commit": git_commit(), "status": "done"})
 
 
 def cpu_name() -> str:

@@ -9,6 +9,8 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
+from conftest import write_fake_stl10
+
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 NAMES = ["00_data", "01_pretrain_original", "02_pretrain_improved", "03_linear_probe", "04_finetune",
@@ -199,3 +201,16 @@ def test_paper_preset_on_cpu_is_said_plainly(tmp_path, capsys):
     runner.preflight("synthetic", tmp_path, "paper", cuda=True)
     runner.preflight("synthetic", tmp_path, "fast", cuda=False)
     assert capsys.readouterr().out == ""
+
+
+def test_colab_copies_stl10_from_drive_to_the_runtime_disk_once(tmp_path, monkeypatch, capsys):
+    from maehelpers import notebook as nb
+    drive = tmp_path / "MyDrive" / "data"
+    write_fake_stl10(drive)
+    monkeypatch.setattr(nb, "LOCAL_DATA", tmp_path / "content" / "data")
+    assert nb.local_copy(drive) == tmp_path / "content" / "data"
+    copied = tmp_path / "content" / "data" / "stl10_binary" / "train_X.bin"
+    assert copied.read_bytes() == (drive / "stl10_binary" / "train_X.bin").read_bytes()
+    assert "copying" in capsys.readouterr().out
+    assert nb.local_copy(drive) == tmp_path / "content" / "data" and "copying" not in capsys.readouterr().out
+    assert nb.local_copy(tmp_path / "empty") == tmp_path / "empty"       # nothing on Drive yet: download there

@@ -1,0 +1,229 @@
+"""The GPU path (CUDA, mixed precision, torchrun), proved on the CPU wherever a CPU can show it.
+What only a GPU can show is in benchmarks/gpu_check.py, which states the outcome it expects."""
+import json
+import math
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import maehelpers.evaluate as ev
+import maehelpers.pretrain as P
+from maehelpers.config import make_config
+from maehelpers.data import ImageSet, augment, load_dataset
+from maehelpers.losses import uniformity_wang_isola
+from maehelpers.runs import CheckpointError, load_torch, read_results
+
+from test_distributed import TOLERANCE, cli, max_difference, torchrun
+
+
+# ----------------------------------------------------------------------------- uniformity from one matmul
+def test_wang_isola_uniformity_hand_values_and_a_finite_gradient_when_collapsed():
+    # e1, e2, -e1: squared distances 2 (e1,e2), 4 (e1,-e1), 2 (e2,-e1); t = 2
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    expected = math.log((math.exp(-4) + math.exp(-8) + math.exp(-4)) / 3)
+    assert uniformity_wang_isola(z).item() == pytest.approx(expected, abs=1e-6)
+    torch.manual_seed(0)
+    x = torch.randn(50, 16)                       # the same value as the pairwise-distance form
+    reference = torch.pdist(F.normalize(x, dim=-1)).pow(2).mul(-2.0).exp().mean().log()
+    assert uniformity_wang_isola(x).item() == pytest.approx(reference.item(), abs=1e-5)
+    collapsed = torch.ones(8, 4, requires_grad=True)   # pdist's gradient is NaN at zero distance
+    uniformity_wang_isola(collapsed).backward()
+    assert torch.isfinite(collapsed.grad).all()
+
+
+# ----------------------------------------------------------------------------- gradient accumulation
+def test_accumulation_trains_what_one_batch_trains_and_bad_settings_are_refused(tmp_path):
+    data = load_dataset("synthetic", "pretrain")
+    one = make_config("original", "smoke", "synthetic")
+    P.pretrain(one, tmp_path / "one", data=data, progress=False)
+    four = make_config("original", "smoke", "synthetic", 0, {"train.accum_iter": 4})
+    res = P.pretrain(four, tmp_path / "four", data=data, progress=False)
+    assert res["config"]["train"]["accum_iter"] == 4
+    assert max_difference(tmp_path / "one" / "checkpoint_last.pt", tmp_path / "four" / "checkpoint_last.pt") < TOLERANCE
+    log_one, log_four = (json.loads((tmp_path / n / "log_steps.jsonl").read_text().splitlines()[0]) for n in ("one", "four"))
+    assert log_four["loss"] == pytest.approx(log_one["loss"], abs=1e-5)   # the step's loss, not a micro-batch's
+    with pytest.raises(ValueError, match="divide train.batch_size"):
+        make_config("original", "smoke", "synthetic", 0, {"train.accum_iter": 3})
+    with pytest.raises(ValueError, match="micro-batches that never meet"):
+        make_config("improved", "smoke", "synthetic", 0, {"train.accum_iter": 2})
+
+
+def test_a_rank_or_micro_batch_resamples_only_its_rows_with_the_whole_batchs_crops():
+    x = torch.randint(0, 256, (8, 3, 12, 12), dtype=torch.uint8)
+    whole = augment(x, 8, generator=torch.Generator().manual_seed(3))
+    part = augment(x[2:6], 8, generator=torch.Generator().manual_seed(3), rows=slice(2, 6), batch=8)
+    assert torch.equal(whole[2:6], part)
+
+
+# ----------------------------------------------------------------------------- mixed precision
+def _checkpoint_as(tmp_path, precision: str, scaler: dict) -> tuple:
+    cfg = make_config("original", "smoke", "synthetic")
+    P.pretrain(cfg, tmp_path / "run", progress=False, stop_at_epoch=1)
+    ckpt = load_torch(tmp_path / "run" / "checkpoint_last.pt")
+    return cfg, {**ckpt, "precision": precision, "scaler": scaler}
+
+
+def test_fp16_and_bf16_checkpoints_resume_across_and_record_it_but_fp32_does_not(tmp_path):
+    cfg, ckpt = _checkpoint_as(tmp_path, "fp16", {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                                  "growth_interval": 2000, "_growth_tracker": 0})
+    run = {"n_images": ckpt["n_images"], "steps_per_epoch": ckpt["steps_per_epoch"], "precision": "bf16",
+           "device": "cuda"}
+    P._check_resumable(ckpt, cfg, tmp_path / "c.pt", run)                       # T4 -> A100: allowed
+    model, scaler = P.build_model(cfg), torch.amp.GradScaler("cuda", enabled=False)
+    state = P._restore(ckpt, model, P._optimizer(model, cfg.train, torch.device("cpu")), scaler,
+                       torch.device("cpu"), "bf16")
+    assert state.precision_changes == ({"step": 8, "from": "fp16", "to": "bf16"},)
+    with pytest.raises(CheckpointError, match="trained in fp16 but this resume would run in fp32"):
+        P._check_resumable(ckpt, cfg, tmp_path / "c.pt", {**run, "precision": "fp32"})
+
+
+def _log(tmp_path, every=1):
+    state = P._State()
+    bar = type("Bar", (), {"update": lambda *a: None, "set_postfix": lambda *a, **k: None, "close": lambda *a: None})()
+    return P._StepLog(tmp_path, state, every, bar, tmp_path / "checkpoint_last.pt", True, P.World(), {"hit": False})
+
+
+def test_a_collapsing_fp16_loss_scale_stops_the_run_and_skipped_steps_are_counted(tmp_path):
+    log, one = _log(tmp_path), torch.tensor(1.0)
+    row = lambda s: {"step": s, "lr": 1e-3, "mask_ratio": 0.75}  # noqa: E731
+    for step, scale in enumerate([65536.0, 65536.0, 32768.0, 32768.0, 16384.0], start=1):
+        log.add(row(step), one, {"mse": one}, torch.tensor(scale))
+    assert log.state.skipped == 2
+    assert json.loads((tmp_path / "log_steps.jsonl").read_text().splitlines()[-1])["loss_scale"] == 16384.0
+    with pytest.raises(P.NonFiniteLossError, match="loss scale fell to 0.5 at step 6.*train.amp false"):
+        log.add(row(6), one, {"mse": one}, torch.tensor(0.5))
+    log.close()
+
+
+def test_an_epoch_of_mostly_skipped_steps_stops_the_run(tmp_path):
+    log, one = _log(tmp_path), torch.tensor(1.0)
+    scale = 2.0 ** 30
+    for step in range(1, 5):                      # 3 of 4 steps skipped, the loss still looks fine
+        log.add({"step": step, "lr": 1e-3, "mask_ratio": 0.75}, one, {"mse": one}, torch.tensor(scale))
+        scale /= 2
+    with pytest.raises(P.NonFiniteLossError, match="skipped 3 of the 4 steps of epoch 1"):
+        log.end_epoch(4, 1, 1.0)
+    log.close()
+
+
+def test_evaluation_follows_train_amp(tmp_path, monkeypatch):
+    P.pretrain(make_config("original", "smoke", "synthetic", 0, {"train.amp": False}), tmp_path / "run", progress=False)
+    asked = []
+    real = ev.amp_dtype
+    monkeypatch.setattr(ev, "amp_dtype", lambda device, enabled=True, *a: asked.append(enabled) or real(device, enabled))
+    ev.evaluate_run(tmp_path / "run", steps=("lp", "knn", "ft"), progress=False,
+                    overrides={"eval.ft_epochs": 1, "eval.lp_epochs": 1})
+    assert asked and not any(asked)               # features and fine-tuning: fp32, as the run asked
+
+
+def test_tf32_on_cuda_only(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", asked.append)
+    P.pick_device("cpu")
+    assert asked == []
+    assert P.pick_device("cuda").type == "cuda" and asked == ["high"]
+
+
+# ----------------------------------------------------------------------------- devices pinned
+def test_cpu_benchmarks_stay_on_the_cpu_where_a_gpu_exists(monkeypatch, tmp_path):
+    sys.path.insert(0, str(P.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import speed
+    real = P.pick_device
+
+    def pinned(device=None):                      # "auto" would pick CUDA on such a machine
+        assert device not in (None, "", "auto"), "a CPU measurement left its device to the automatic choice"
+        return real(device)
+    monkeypatch.setattr(P, "pick_device", pinned)
+    monkeypatch.setattr(ev, "pick_device", pinned)
+    assert speed.bench_probe(16, 32, 1, measured_reencode_epochs=1, device=torch.device("cpu"))["device"] == "cpu"
+    cfg = make_config("original", "smoke", "synthetic", 0, {"eval.lp_epochs": 1})
+    data = (load_dataset("synthetic", "train", max_images=40), load_dataset("synthetic", "test", max_images=40))
+    assert ev.raw_pixel_baseline(cfg, *data, device="cpu")["lp_top1"] >= 0
+
+
+# ----------------------------------------------------------------------------- the raw-pixel baseline, streamed
+def test_streamed_raw_pixels_give_the_whole_matrix_numbers():
+    g = torch.Generator().manual_seed(0)
+    make = lambda n: ImageSet(torch.randint(0, 256, (n, 1, 12, 12), generator=g, dtype=torch.uint8),  # noqa: E731
+                              torch.arange(n) % 3, [], "t")
+    train, test = make(60), make(50)
+    whole_tr, whole_te = (ev.prepare(d.images, 16).flatten(1) for d in (train, test))
+    lazy_tr, lazy_te = (ev.PixelFeatures(d.images, 16, "cpu") for d in (train, test))
+    assert torch.equal(lazy_tr[torch.tensor([3, 7])], whole_tr[[3, 7]]) and lazy_tr.shape == whole_tr.shape
+    assert torch.equal(ev.knn_predict(whole_tr, train.labels, whole_te, k=5),
+                       ev.knn_predict(lazy_tr, train.labels, lazy_te, k=5, chunk=16, train_chunk=7))  # merged chunks
+    a = ev.linear_probe(whole_tr, train.labels, whole_te, test.labels, epochs=3, batch_size=16, progress=False)
+    b = ev.linear_probe(lazy_tr, train.labels, lazy_te, test.labels, epochs=3, batch_size=16, progress=False)
+    assert a["top1"] == b["top1"] and a["curve"] == b["curve"]
+
+
+# ----------------------------------------------------------------------------- torchrun
+def test_world_takes_its_backend_from_the_device_asked_for_not_from_the_machine(monkeypatch):
+    import maehelpers.distributed as D
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)      # a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(D.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(D.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(D.dist, "get_world_size", lambda: 2)
+    assert D.world(torch.device("cpu")) == D.World(1, 2, 1)
+    assert calls == [("gloo", {"device_id": None})]                     # --device cpu: gloo, no GPU touched
+    with pytest.raises(ValueError, match="local rank 1 has no GPU of its own: this machine has 1"):
+        D.world(torch.device("cuda"))                                   # more ranks than GPUs: said, not a crash
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    calls.clear()
+    D.world(torch.device("cuda"))
+    assert calls == [("set_device", 0), ("nccl", {"device_id": torch.device("cuda", 0)})]
+
+
+FIRST_DOWNLOADS = textwrap.dedent("""
+    import os, sys, time
+    import maehelpers.pretrain as P
+    from maehelpers.config import make_config
+    real = P.load_dataset
+    def load(*a, **k):
+        rank = os.environ["RANK"]
+        open(sys.argv[2] + f"/start{rank}", "w").write(repr(time.time()))
+        if rank == "0":
+            time.sleep(2)                         # a slow download
+        open(sys.argv[2] + f"/end{rank}", "w").write(repr(time.time()))
+        return real(*a, **k)
+    P.load_dataset = load
+    P.pretrain(make_config("original", "smoke", "synthetic"), sys.argv[1], progress=False)
+""")
+
+
+def test_one_process_per_machine_downloads_and_the_others_wait(tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(FIRST_DOWNLOADS)
+    out = torchrun([str(driver), str(tmp_path / "run"), str(tmp_path)])
+    assert out.returncode == 0, out.stderr[-3000:]
+    t = {n: float((tmp_path / n).read_text()) for n in ("start0", "end0", "start1")}
+    assert t["start1"] >= t["end0"]
+
+
+UNSHARED_FOLDER = textwrap.dedent("""
+    import os, sys
+    import maehelpers.pretrain as P
+    from maehelpers.config import make_config
+    run = sys.argv[1] if os.environ["RANK"] == "0" else sys.argv[2]   # rank 1 does not see rank 0's folder
+    P.pretrain(make_config("original", "smoke", "synthetic"), run, progress=False)
+""")
+
+
+def test_ranks_that_see_different_checkpoints_refuse_together_instead_of_diverging(tmp_path):
+    P.pretrain(make_config("original", "smoke", "synthetic"), tmp_path / "shared", progress=False, stop_at_epoch=1)
+    driver = tmp_path / "driver.py"
+    driver.write_text(UNSHARED_FOLDER)
+    out = torchrun([str(driver), str(tmp_path / "shared"), str(tmp_path / "elsewhere")], timeout=120)
+    assert out.returncode != 0
+    assert "every machine must see the same run folder" in out.stderr
+    assert out.stderr.count("every machine must see the same run folder") >= 2   # both ranks say it
+    assert load_torch(tmp_path / "shared" / "checkpoint_last.pt")["step"] == 8     # nothing trained or written
