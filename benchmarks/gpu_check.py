@@ -11,6 +11,7 @@ at once which ones held:
  throughput  pretrain() of the paper (224 px) and fast (96 px) presets on STL-10-sized synthetic images,
              in the precision amp_dtype picks; img/s from two run lengths (start-up cancels), TFLOP/s
              against a dense matmul peak measured in the same precision in the same run.
+ uniformity_memory  peak GPU memory of the uniformity term's backward, one matmul against torch.pdist.
  fp16        amp forced to fp16 (a T4's choice): the loss scale is logged; an injected overflow stops
              the run with the loss-scale message instead of training on skipped steps.
  resume      one epoch in fp16, resumed in the GPU's own precision: allowed and recorded.
@@ -124,6 +125,30 @@ def matmul_peak(device, dtype, quick: bool) -> float:
     return 2 * n ** 3 / best / 1e12
 
 
+def check_uniformity_memory(device, quick: bool) -> dict:
+    """Peak GPU memory of the Wang-Isola term's backward at a global batch of 2048 x 768: one matmul
+    (the package) against torch.pdist (what it replaced)."""
+    if device.type != "cuda":
+        return {"skipped": "the pdist backward is O(n^2 d) on CUDA only (measured O(n^2) on the CPU)"}
+    import torch.nn.functional as F
+    from maehelpers.losses import uniformity_wang_isola
+    forms = {"matmul": uniformity_wang_isola,
+             "pdist": lambda f: torch.pdist(F.normalize(f, dim=-1)).pow(2).mul(-2.0).exp().mean().log()}
+    out = {}
+    for name, fn in forms.items():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        f = torch.randn(2048, 768, device=device, requires_grad=True)
+        try:
+            fn(f).backward()
+            out[f"{name}_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        except torch.OutOfMemoryError as e:
+            out[f"{name}_peak_gb"] = f"out of memory: {str(e)[:120]}"
+        del f
+    out["expect"] = "matmul well under 1 GB; pdist about 13 GB (n(n-1)/2 x d floats in its backward)"
+    return out
+
+
 def check_fp16(tmp: Path, device, quick: bool) -> dict:
     if device.type != "cuda":
         return {"skipped": "fp16 autocast and the GradScaler run on CUDA only"}
@@ -205,6 +230,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         checks = {"syncs": lambda: check_syncs(tmp, device, args.quick),
                   "throughput": lambda: check_throughput(tmp, device, args.quick),
+                  "uniformity_memory": lambda: check_uniformity_memory(device, args.quick),
                   "fp16": lambda: check_fp16(tmp, device, args.quick),
                   "resume": lambda: check_resume_across_precision(tmp, device),
                   "tf32": lambda: {"matmul_precision": read_results(tmp / "syncs").get("matmul_precision"),

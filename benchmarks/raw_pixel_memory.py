@@ -13,7 +13,6 @@ so one epoch keeps the CPU run short. Writes benchmarks/results/raw_pixel_memory
 """
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time

@@ -1,4 +1,4 @@
-"""Command line: `python -m maehelpers {run,pretrain,evaluate} ...` (see `--help`)."""
+"""Command line: `python -m maehelpers {run,pretrain,evaluate,study} ...` (see `--help`)."""
 import argparse
 import ast
 import json
@@ -53,7 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(e)
     e.add_argument("--steps", default="lp,knn,ft", help="comma-separated: lp, knn, ft")
     e.add_argument("--force", action="store_true", help="redo steps that already have results")
+
+    s = sub.add_parser("study", add_help=False, help="the seeded study: run | report | verify | refresh-recon | seeds "
+                                                     "(python -m maehelpers study --help)")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def study_command(argv) -> int:
+    """`python -m maehelpers study ...`: run a stage or arms, then report; verify; seeds."""
+    from . import study, study_report
+    args = study.parse(argv)
+    if args.command == "verify":
+        return study.verify(args)
+    if args.command == "seeds":
+        print(study_report.seeds_text(args))
+        return 0
+    if args.command == "refresh-recon":
+        study.refresh_recon(args)
+    if args.command == "run":
+        study.run_stage(args)
+    study_report.report(args)
+    return 0
 
 
 def literal(text: str):
@@ -86,13 +107,17 @@ def evaluate_command(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the study has a parser of its own (its --help included)
+    args = argparse.Namespace(command="study", rest=argv[1:]) if argv[:1] == ["study"] else build_parser().parse_args(argv)
     from .data import DataError
     from .distributed import AgreedError, close_world
     from .pretrain import NonFiniteLossError, pretrain
     from .runner import SeriesError
     from .runs import CheckpointError
     try:
+        if args.command == "study":
+            return study_command(args.rest)
         if args.command == "run":
             run_command(args)
         elif args.command == "evaluate":

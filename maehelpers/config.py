@@ -6,6 +6,7 @@ A `PretrainConfig` = model sizes + variant (masking and loss terms) + training r
 """
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
+from .losses import TERMS
 from .masking import SCHEDULES
 
 
@@ -38,6 +39,7 @@ class VariantConfig:
     uniformity_form: str = "wang_isola"  # wang_isola (log-mean-exp, t) | umae (mean squared cosine)
     uniformity_features: str = "mean"    # mean of visible patch tokens | cls token (after final norm)
     uniformity_t: float = 2.0
+    extra_terms: tuple = ()              # ((name, weight), ...) of terms registered with losses.register_term
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,11 @@ def validate(cfg: PretrainConfig) -> None:
          f"loss weights must be >= 0 (0 switches a term off): got laplacian {v.laplacian_weight}, "
          f"uniformity {v.uniformity_weight}"),
         (v.uniformity_form in ("wang_isola", "umae"), "variant.uniformity_form must be wang_isola or umae"),
+        (all(len(t) == 2 and t[0] in TERMS for t in v.extra_terms),
+         f"variant.extra_terms must be (name, weight) pairs of registered loss terms ({', '.join(TERMS)}; "
+         f"losses.register_term adds one), got {v.extra_terms!r}"),
+        (all(len(t) != 2 or float(t[1]) >= 0 for t in v.extra_terms),
+         f"extra term weights must be >= 0, got {v.extra_terms!r}"),
         (v.uniformity_features in ("mean", "cls"), "variant.uniformity_features must be mean or cls"),
         (t.epochs > 0, f"train.epochs must be positive, got {t.epochs}"),
         (t.batch_size > 0 and e.batch_size > 0,
@@ -237,10 +244,10 @@ def validate(cfg: PretrainConfig) -> None:
         (t.log_every >= 0, "train.log_every must be >= 0 (0 = automatic)"),
         (t.accum_iter >= 1 and t.batch_size % t.accum_iter == 0,
          f"train.accum_iter ({t.accum_iter}) must be >= 1 and divide train.batch_size ({t.batch_size})"),
-        (t.accum_iter == 1 or v.uniformity_weight == 0,
-         "the uniformity term compares the samples of the whole batch, which train.accum_iter > 1 would split "
-         "into micro-batches that never meet: use accum_iter 1 (more processes under torchrun split the batch "
-         "without this problem)"),
+        (t.accum_iter == 1 or (v.uniformity_weight == 0 and not v.extra_terms),
+         "the uniformity term (and any registered term, which may compare samples) sees the whole batch, which "
+         "train.accum_iter > 1 would split into micro-batches that never meet: use accum_iter 1 (more processes "
+         "under torchrun split the batch without this problem)"),
         (e.pool in ("cls", "mean"), "eval.pool must be cls or mean"),
         (e.lp_epochs > 0 and e.ft_epochs > 0 and e.knn_k > 0,
          f"eval.lp_epochs, eval.ft_epochs and eval.knn_k must be positive, got {e.lp_epochs}, {e.ft_epochs}, {e.knn_k}"),
@@ -270,6 +277,11 @@ def to_dict(cfg) -> dict:
     return plain(asdict(cfg))
 
 
+def _tuples(x):
+    """JSON lists back to the tuples a frozen config holds (nested: extra_terms)."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
 def from_dict(d: dict) -> PretrainConfig:
     sub = {"model": ModelConfig, "variant": VariantConfig, "train": TrainConfig, "eval": EvalConfig}
     kwargs = {}
@@ -277,7 +289,7 @@ def from_dict(d: dict) -> PretrainConfig:
         if k in sub:
             cls = sub[k]
             known = {f.name: f for f in fields(cls)}
-            kwargs[k] = cls(**{n: tuple(x) if isinstance(x, list) else x for n, x in v.items() if n in known})
+            kwargs[k] = cls(**{n: _tuples(x) for n, x in v.items() if n in known})
         else:
             kwargs[k] = v
     return PretrainConfig(**kwargs)

@@ -5,12 +5,27 @@ the model's target space (`MAE.target`): pixels of the normalised input, further
 patch when `norm_pix_loss` is on. (An earlier implementation of this project's idea compared a
 per-patch-normalised prediction with raw pixels, which penalises the model for being right.)
 Precision: under autocast the target, the loss terms and their reductions run in fp32.
+
+Terms beyond the masked MSE are plain functions registered by name, built-in and user ones alike:
+
+    @register_term("var_floor")
+    def var_floor(x: TermInputs) -> torch.Tensor:          # a scalar
+        return F.relu(1 - x.pooled("mean").std(dim=0)).mean()
+
+    make_config("original", "smoke", "synthetic", 0, {"variant.extra_terms": (("var_floor", 0.1),)})
+
+The objective is mse + sum of weight * term over `loss_terms(variant)`: the built-in Laplacian and
+uniformity terms come from their weight fields, user terms from `variant.extra_terms`.
 """
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .distributed import gather_with_grad
+from .model import pool_tokens
 
 LAPLACIAN_3x3 = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
@@ -91,33 +106,91 @@ def uniformity_umae(features):
 UNIFORMITY = {"wang_isola": uniformity_wang_isola, "umae": uniformity_umae}
 
 
-def pretrain_loss(model, imgs, mask_ratio: float, variant, noise=None):
-    """The full pretraining objective of a variant. Returns (total, parts, pred, mask).
+# ----------------------------------------------------------------------------- registered terms
+class LossTermError(ValueError):
+    """A loss term is unknown, or returned something other than a finite scalar."""
 
-    total = masked MSE + laplacian_weight * Laplacian + uniformity_weight * uniformity, where the
-    uniformity term sees the encoder's output on the visible patches (`variant.uniformity_features`:
-    'mean' of visible patch tokens, or the 'cls' token; both after the final norm).
-    """
-    from .distributed import gather_with_grad
-    from .model import pool_tokens
+
+@dataclass(frozen=True)
+class TermInputs:
+    """What every loss term is given, in fp32 (also under autocast)."""
+    pred: torch.Tensor     # (N, L, p*p*C) the decoder's prediction, in the target space
+    target: torch.Tensor   # (N, L, p*p*C) the target: pixels, normalised per patch with norm_pix_loss
+    mask: torch.Tensor     # (N, L) 1 where a patch was removed
+    tokens: torch.Tensor   # (N, 1 + visible, D) the encoder's tokens after its final norm, cls first
+    patch_size: int
+    in_chans: int
+    variant: object        # the VariantConfig, for settings a term reads (e.g. uniformity_t)
+
+    def pooled(self, pool: str = "mean") -> torch.Tensor:
+        """(B, D) pooled features ('mean' of the visible tokens, or 'cls') of the WHOLE batch: under
+        torchrun the rows of every process, gradients flowing back to each one's own. A term that
+        compares samples with each other should use this rather than `tokens`."""
+        return gather_with_grad(pool_tokens(self.tokens, pool))
+
+
+TERMS = {}
+
+
+def register_term(name: str):
+    """Decorator: make fn(TermInputs) -> scalar tensor available to variants by name."""
+    def add(fn):
+        TERMS[name] = fn
+        return fn
+    return add
+
+
+@register_term("laplacian")
+def laplacian_term(x: TermInputs) -> torch.Tensor:
+    return laplacian_loss(x.pred, x.target, x.mask, x.patch_size, x.in_chans, x.variant.laplacian_form)
+
+
+@register_term("uniformity")
+def uniformity_term(x: TermInputs) -> torch.Tensor:
+    features, v = x.pooled(x.variant.uniformity_features), x.variant
+    return uniformity_wang_isola(features, v.uniformity_t) if v.uniformity_form == "wang_isola" else uniformity_umae(features)
+
+
+def loss_terms(variant) -> list:
+    """[(name, weight)] of the terms a variant adds to the MSE: the built-in ones from their weight
+    fields (0 = off), then variant.extra_terms in their order."""
+    builtin = [("laplacian", variant.laplacian_weight), ("uniformity", variant.uniformity_weight)]
+    return [(n, w) for n, w in builtin if w > 0] + [(n, float(w)) for n, w in variant.extra_terms]
+
+
+def run_term(name: str, x: TermInputs) -> torch.Tensor:
+    if name not in TERMS:
+        raise LossTermError(f"unknown loss term {name!r}; registered: {', '.join(TERMS)} (register_term adds one)")
+    out = TERMS[name](x)
+    if not torch.is_tensor(out) or out.ndim != 0:
+        shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise LossTermError(f"loss term {name!r} must return a scalar tensor; it returned {shape}")
+    return out
+
+
+def pretrain_loss(model, imgs, mask_ratio: float, variant, noise=None):
+    """The full pretraining objective of a variant. Returns (total, parts, pred, mask):
+    total = masked MSE + sum of weight * term over loss_terms(variant)."""
     latent, mask, ids_restore = model.forward_encoder(imgs, mask_ratio, noise)
     pred = model.forward_decoder(latent, ids_restore)
     with torch.autocast(imgs.device.type, enabled=False):  # targets and losses in fp32
         target = model.target(gaussian_blur(imgs.float(), variant.target_blur))
-        pred32 = pred.float()
-        mse = masked_mse(pred32, target, mask)
-        parts = {"mse": mse}
-        total = mse
-        if variant.laplacian_weight > 0:
-            p, c = model.patch_embed.patch_size, model.in_chans
-            parts["laplacian"] = laplacian_loss(pred32, target, mask, p, c, variant.laplacian_form)
-            total = total + variant.laplacian_weight * parts["laplacian"]
-        if variant.uniformity_weight > 0:
-            # under torchrun: the whole global batch, gradients flowing back to each rank's rows
-            features = gather_with_grad(pool_tokens(latent, variant.uniformity_features).float())
-            if variant.uniformity_form == "wang_isola":
-                parts["uniformity"] = uniformity_wang_isola(features, variant.uniformity_t)
-            else:
-                parts["uniformity"] = UNIFORMITY[variant.uniformity_form](features)
-            total = total + variant.uniformity_weight * parts["uniformity"]
+        x = TermInputs(pred.float(), target, mask, latent.float(), model.patch_embed.patch_size, model.in_chans, variant)
+        parts = {"mse": masked_mse(x.pred, x.target, x.mask)}
+        total = parts["mse"]
+        for name, weight in loss_terms(variant):
+            parts[name] = run_term(name, x)
+            total = total + weight * parts[name]
     return total, parts, pred, mask
+
+
+@torch.no_grad()
+def check_terms(model, imgs, variant) -> None:
+    """Run every term of the variant once on a few images before training, so a term that fails,
+    returns a non-scalar or a non-finite value is named before any work."""
+    noise = torch.rand(imgs.shape[0], model.num_patches, generator=torch.Generator().manual_seed(0)).to(imgs.device)
+    _, parts, _, _ = pretrain_loss(model, imgs, variant.mask_ratio, variant, noise)
+    bad = [name for name, value in parts.items() if not math.isfinite(value.item())]
+    if bad:
+        raise LossTermError(f"loss term {bad[0]!r} is {parts[bad[0]].item()} on the first images, before training: "
+                            "check the term (a division by a zero spread, a log of 0)")

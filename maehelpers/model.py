@@ -243,9 +243,9 @@ class MAE(nn.Module):
         return target
 
     def forward_loss(self, imgs, pred, mask):
-        """Mean squared error per patch, averaged over removed patches only."""
-        from .losses import masked_mse
-        return masked_mse(pred, self.target(imgs), mask)
+        """Mean squared error per patch, averaged over removed patches only (as official)."""
+        loss = ((pred - self.target(imgs)) ** 2).mean(dim=-1)
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
     def forward(self, imgs, mask_ratio: float = 0.75, noise=None):
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)

@@ -26,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import RESUME_FREE, PretrainConfig, config_diff, from_dict, to_dict, validate
-from .data import augment, epoch_order, load_dataset
-from .losses import pretrain_loss
+from .data import augment, epoch_order, load_dataset, prepare
+from .losses import check_terms, loss_terms, pretrain_loss
 from .masking import mask_ratio_at
 from .model import MAE, encoder_state_dict
 from .distributed import (World, agreed, barrier, device_for, gather_objects, local_main_first, mean_over_ranks,
@@ -183,10 +183,10 @@ def _step_inputs(cfg, images_u8, step: int, total_steps: int, num_patches: int, 
     imgs = augment(images_u8, cfg.model.img_size, cfg.train.crop_scale, generator=g, device=device, rows=rows,
                    batch=batch)
     noise = torch.rand(batch, num_patches, generator=g, device=device)[rows]
-    u = 0.5
-    if cfg.variant.mask_schedule == "random":  # drawn on the host on CUDA: .item() of a GPU value would wait
-        host = g if g.device.type == "cpu" else step_generator(cfg.seed, step, torch.device("cpu"))
-        u = torch.rand(1, generator=host).item()
+    # the step's uniform draw for the schedule (the 'random' one uses it), on the host: .item() of a
+    # GPU value would wait; drawn last, so it changes no image or mask
+    host = g if g.device.type == "cpu" else step_generator(cfg.seed, step, torch.device("cpu"))
+    u = torch.rand(1, generator=host).item()
     return imgs, noise, mask_ratio_at(step / total_steps, cfg.variant, u)
 
 
@@ -208,7 +208,8 @@ def _train_step(objective, optimizer, scaler, micro_inputs, accum: int, lr, dtyp
             if log.every == 1:
                 everyone = mean_over_ranks(loss.detach(), w).item()  # the same on every rank: all stop together
                 if not math.isfinite(everyone):
-                    log.non_finite(step, everyone, "stopped before updating the weights")
+                    log.non_finite(step, everyone, "stopped before updating the weights",
+                                   {k: v.item() for k, v in parts.items()})
             scaler.scale(loss / accum).backward()
         total = total + loss.detach() / accum
         terms = {name: terms.get(name, 0.0) + v.detach() / accum for name, v in parts.items()}
@@ -251,7 +252,7 @@ class _StepLog:
         for (row, _, parts, _), vals, scale in zip(self.pending, values, scales):
             if not math.isfinite(vals[0]):
                 self.non_finite(row["step"] - 1, vals[0], f"found when checking every {self.every} steps; "
-                                                          "nothing after it was saved")
+                                                          "nothing after it was saved", dict(zip(parts, vals[1:])))
             row.update(loss=vals[0], **dict(zip(parts, vals[1:])))
             if scale is not None:
                 self._check_scale(row, scale)
@@ -279,9 +280,11 @@ class _StepLog:
                                  f"loss only looks finite; {good}. Start again in a new run folder with a lower "
                                  "train.blr, or set train.amp false to train in fp32.")
 
-    def non_finite(self, step: int, value: float, what: str):
+    def non_finite(self, step: int, value: float, what: str, parts: dict | None = None):
         good = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
         advice = "lower train.blr" + (", or set train.amp false to train in fp32" if self.amp else "")
+        bad = [f"{k} is {v}" for k, v in (parts or {}).items() if not math.isfinite(v)]
+        value = f"{value} ({', '.join(bad)})" if bad else value
         raise NonFiniteLossError(f"loss is {value} at step {step}; {what}; {good}. A resume keeps the config and "
                                  f"would meet the same loss: start again in a new run folder with a {advice}.")
 
@@ -412,6 +415,8 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     optimizer = _optimizer(model, t, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     state = _restore(ckpt, model, optimizer, scaler, device, run["precision"]) if ckpt is not None else _State()
+    if loss_terms(cfg.variant):  # a term that fails or gives no finite scalar is named before any work
+        check_terms(model, prepare(data.images[:4], cfg.model.img_size, device), cfg.variant)
     objective = _Objective(model, cfg.variant)
     if w.size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(

@@ -204,7 +204,7 @@ NOTEBOOKS = {
         "The same model and budget with three additions: a curriculum on the mask ratio (0.5 -> 0.75 over "
         "the first half), a masked Laplacian high-frequency loss (weight 0.05), and a uniformity "
         "regulariser on the encoder's features (weight 0.01). Whether they help is measured in 03-05 "
-        "and in `benchmarks/ablation.py` (see the README's results). The literature gives reasons to doubt two "
+        "and in the seeded study, `python -m maehelpers study` (see the README's results). The literature gives reasons to doubt two "
         "of them: no study reports a gain from raising the mask ratio during training (decreasing schedules "
         "helped masked language models), and PixMIM gained by REMOVING high frequencies from the target; "
         "U-MAE did report gains from uniformity."),

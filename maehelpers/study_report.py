@@ -1,0 +1,288 @@
+"""The study's report: tables, plots and analyses, all computed from the records alone.
+
+    python -m maehelpers study report --readme README.md
+
+`report` writes ablation_<dataset>.{json,md} and the plots into --out and, with --readme, the
+README's tables between its two markers (a test keeps README and records in step). The held-out
+confirmation (benchmarks/preregistered.md) is analysed as registered there: paired t tests with
+Holm's correction per family, the factorial contrasts, a bootstrap over the held-out images, and
+the records are refused if any predates the registration.
+"""
+import math
+import statistics
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import to_dict
+from .masking import mask_ratio_at
+from .pretrain import build_model
+from .runs import save_json
+from .stats import paired
+from .study import ARMS, BASELINES, HEADLINE, METRICS, arm_config, read_records
+
+
+def flops_per_step(step) -> float:
+    """FLOPs of one call of step() (forward and backward), from torch's flop counter."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def summarise(records: dict) -> list[dict]:
+    """One row per (arm, steps): mean and sd over seeds of every metric, and paired differences
+    to `original` at the same steps."""
+    groups = {}
+    for (arm, seed, steps), r in records.items():
+        groups.setdefault((arm, steps), {})[seed] = r
+    rows = []
+    order = {a: i for i, a in enumerate(dict.fromkeys(["original", *BASELINES, *ARMS]))}
+    for (arm, steps), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
+        row = {"arm": arm, "steps": steps, "seeds": sorted(by_seed), "variant": next(iter(by_seed.values())).get("variant"),
+               "overrides": next(iter(by_seed.values())).get("overrides", {})}
+        base = groups.get(("original", steps), {})
+        for m in METRICS:
+            vals = {s: r[m] for s, r in by_seed.items() if r.get(m) is not None}
+            if not vals:
+                continue
+            row[m], row[f"{m}_n"] = statistics.fmean(vals.values()), len(vals)
+            row[f"{m}_sd"] = statistics.stdev(vals.values()) if len(vals) > 1 else None
+            if arm != "original" and arm != "raw_pixels":
+                row[f"{m}_vs_original"] = paired({s: r[m] for s, r in base.items() if r.get(m) is not None}, vals)
+        row["ft_epochs"] = next((r["ft_epochs"] for r in by_seed.values() if r.get("ft_epochs")), None)
+        row["under_load"] = any(r.get("under_load") for r in by_seed.values())
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- compute
+def pretrain_flops(arm: str, args, steps: int) -> float:
+    """Training FLOPs of one run (forward + backward, torch's flop counter), summed over its mask-ratio
+    schedule: a step's count depends only on how many patches stay visible."""
+    cfg = arm_config(arm, args, 0, steps)
+    model, L = build_model(cfg), (cfg.model.img_size // cfg.model.patch_size) ** 2
+    imgs = torch.zeros(1, 3, cfg.model.img_size, cfg.model.img_size)
+    by_keep, total = {}, 0.0
+    for step in range(steps):
+        ratio = mask_ratio_at(step / steps, cfg.variant)
+        keep = int(L * (1 - ratio))
+        if keep not in by_keep:
+            by_keep[keep] = flops_per_step(lambda: model(imgs, ratio)[0].backward())
+        total += by_keep[keep] * cfg.train.batch_size
+    return total
+
+
+def compute_matched(rows, args, arm: str = "curriculum", steps: int = 500) -> dict | None:
+    """`arm` against original at equal training FLOPs: the arm's k-NN at `steps` against original's
+    mean k-NN at the steps with the same FLOPs, interpolated linearly in log(steps) between the two
+    nearest budgets that original has been run at (a reading of its learning curve, not a run)."""
+    curve = sorted((r["steps"], r[HEADLINE]) for r in rows if r["arm"] == "original" and r.get(HEADLINE) is not None)
+    mine = next((r for r in rows if r["arm"] == arm and r["steps"] == steps and r.get(HEADLINE) is not None), None)
+    if mine is None or len(curve) < 2:
+        return None
+    ratio = pretrain_flops(arm, args, steps) / pretrain_flops("original", args, steps)
+    target = steps * ratio
+    (s0, a0), (s1, a1) = next(((p, q) for p, q in zip(curve, curve[1:]) if p[0] <= target <= q[0]), curve[:2])
+    matched = a0 + (a1 - a0) * math.log(target / s0) / math.log(s1 / s0)
+    return {"arm": arm, "steps": steps, "flops_ratio": ratio, "original_steps_at_equal_flops": target,
+            "original_at_equal_flops": matched, "arm_value": mine[HEADLINE], "diff_at_equal_flops": mine[HEADLINE] - matched,
+            "diff_at_equal_steps": (mine.get(f"{HEADLINE}_vs_original") or {}).get("diff"),
+            "interpolated_between": [s0, s1], "seeds": mine["seeds"]}
+
+
+# ----------------------------------------------------------------------------- report
+def fmt_value(row, m, digits=2) -> str:
+    if row.get(m) is None:
+        return ""
+    sd = row.get(f"{m}_sd")
+    return f"{row[m]:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def fmt_diff(row, m) -> str:
+    p = row.get(f"{m}_vs_original")
+    if not p:
+        return ""
+    return f"{p['diff']:+.2f}" + (f" ± {p['ci95']:.2f}" if p["ci95"] is not None else " (1 seed)")
+
+
+def markdown(rows) -> str:
+    head = ("| arm | steps | seeds | k-NN mean | Δ vs original | LP mean | Δ vs original | k-NN cls | Δ | LP cls | Δ "
+            "| FT | nMSE masked | PSNR (floor) | pretrain s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        time_s = fmt_value(r, "pretrain_time_s", 0) + (" *" if r["under_load"] and r.get("pretrain_time_s") else "")
+        lines.append(f"| {r['arm']} | {r['steps']} | {len(r['seeds'])} | {fmt_value(r, 'knn_top1_mean')} | "
+                     f"{fmt_diff(r, 'knn_top1_mean')} | {fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'lp_top1_mean')} | "
+                     f"{fmt_value(r, 'knn_top1_cls')} | {fmt_diff(r, 'knn_top1_cls')} | {fmt_value(r, 'lp_top1_cls')} | "
+                     f"{fmt_diff(r, 'lp_top1_cls')} | {fmt_value(r, 'ft_top1')} | {fmt_value(r, 'nmse_masked', 3)} | "
+                     f"{fmt_psnr(r)} | {time_s} |")
+    return "\n".join(lines) + ("\n\nΔ: paired by seed, mean ± 95 % t half-width; '(1 seed)' has no interval. "
+                               "* timing taken while the machine was under load.\n")
+
+
+def fmt_psnr(row) -> str:
+    return f"{row['psnr_masked']:.2f} ({row['psnr_masked_floor']:.2f})" if row.get("psnr_masked") is not None else ""
+
+
+def table(head: list[str], lines: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(cells) + " |" for cells in lines)])
+
+
+def arm_table(rows, steps: int) -> str:
+    """Every arm at one budget: both probes on the mean pool, the cls-token differences, reconstruction."""
+    return table(["arm", "seeds", "k-NN, mean pool", "Δ vs original", "LP, mean pool", "Δ", "k-NN, cls Δ", "LP, cls Δ",
+                  "nMSE masked", "PSNR masked (floor)"],
+                 [[r["arm"], str(len(r["seeds"])), fmt_value(r, "knn_top1_mean"), fmt_diff(r, "knn_top1_mean"),
+                   fmt_value(r, "lp_top1_mean"), fmt_diff(r, "lp_top1_mean"), fmt_diff(r, "knn_top1_cls"),
+                   fmt_diff(r, "lp_top1_cls"), fmt_value(r, "nmse_masked", 3), fmt_psnr(r)]
+                  for r in rows if r["steps"] == steps])
+
+
+def curve_arms(rows) -> list[str]:
+    """The arms run at more than one budget: the ones with a learning curve."""
+    return [a for a in dict.fromkeys(r["arm"] for r in rows if r["arm"] in ARMS)
+            if len({r["steps"] for r in rows if r["arm"] == a}) > 1]
+
+
+def budget_table(rows) -> str:
+    """The learning curve: every arm run at more than one budget, with its paired gap, and raw pixels."""
+    return table(["arm", "steps", "seeds", "k-NN, mean pool", "Δ vs original", "LP, mean pool", "Δ", "k-NN, cls",
+                  "LP, cls"],
+                 [[r["arm"], str(r["steps"]), str(len(r["seeds"])), fmt_value(r, "knn_top1_mean"),
+                   fmt_diff(r, "knn_top1_mean"), fmt_value(r, "lp_top1_mean"), fmt_diff(r, "lp_top1_mean"),
+                   fmt_value(r, "knn_top1_cls"), fmt_value(r, "lp_top1_cls")]
+                  for a in [*curve_arms(rows), "raw_pixels"] for r in rows if r["arm"] == a])
+
+
+def ft_table(rows) -> str:
+    """Fine-tuning where it was run; the random encoder is fine-tuned with the scratch recipe."""
+    return table(["arm", "steps", "seeds", "fine-tuning top-1", "Δ vs original", "recipe"],
+                 [[r["arm"], str(r["steps"]), str(r["ft_top1_n"]), fmt_value(r, "ft_top1"), fmt_diff(r, "ft_top1"),
+                   f"{'scratch, no layer-wise decay' if r['arm'] == 'random' else 'layer-wise decay'}, "
+                   f"{r.get('ft_epochs')} epochs"]
+                  for r in rows if r.get("ft_top1") is not None])
+
+
+def readme_tables(rows) -> str:
+    """The README's tables, generated from the summary rows: every arm at the shortest budget,
+    the learning curve, and fine-tuning where run."""
+    base = min((r["steps"] for r in rows), default=0)
+    parts = [f"Per arm, at {base} steps:", arm_table(rows, base), "By budget (the learning curve):", budget_table(rows)]
+    if any(r.get("ft_top1") is not None for r in rows):
+        parts += ["Fine-tuning:", ft_table(rows)]
+    return "\n\n".join(parts) + "\n"
+
+
+README_MARKS = ("<!-- ablation tables: generated by `python -m maehelpers study report --readme README.md` -->",
+                "<!-- end of generated ablation tables -->")
+
+
+def replace_readme_tables(path, tables: str) -> None:
+    """Put `tables` between the README's two markers, leaving everything else as it is."""
+    text = Path(path).read_text()
+    start, end = (text.find(m) for m in README_MARKS)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} has no block between {README_MARKS[0]!r} and {README_MARKS[1]!r}")
+    Path(path).write_text(text[:start + len(README_MARKS[0])] + "\n\n" + tables + "\n" + text[end:])
+
+
+def matched_markdown(m) -> str:
+    if not m:
+        return ""
+    return (f"\nCompute-matched: {m['arm']} at {m['steps']} steps costs {m['flops_ratio']:.3f}x the training FLOPs "
+            f"of original; original at {m['original_steps_at_equal_flops']:.0f} steps (interpolated in log steps "
+            f"between its {m['interpolated_between'][0]}- and {m['interpolated_between'][1]}-step runs) scores "
+            f"{m['original_at_equal_flops']:.2f} k-NN, so {m['arm']} is {m['diff_at_equal_flops']:+.2f} at equal "
+            f"FLOPs ({m['diff_at_equal_steps']:+.2f} at equal steps; seeds {m['seeds']}).\n")
+
+
+def plot(rows, path, steps: int) -> None:
+    """Paired differences to `original` (k-NN and linear probe; mean pool filled, cls hollow),
+    with 95 % intervals and a zero line: what each arm changes, not absolute accuracies."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    arms = [r for r in rows if r["steps"] == steps and r["arm"] not in ("original", "raw_pixels")
+            and r.get("knn_top1_mean_vs_original")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.32 * len(arms) + 1.6), dpi=100, sharey=True)
+    for ax, metric in zip(axes, ("knn_top1", "lp_top1")):
+        for y, r in enumerate(arms):
+            for pool, style in (("mean", dict(color="C0")), ("cls", dict(color="C1", mfc="none"))):
+                p = r.get(f"{metric}_{pool}_vs_original")
+                if p:
+                    off = -0.15 if pool == "mean" else 0.15
+                    ax.errorbar(p["diff"], y + off, xerr=p["ci95"] or 0, fmt="o", ms=4, capsize=2,
+                                label=f"{pool} pool" if y == 0 else None, **style)
+        ax.axvline(0, color="k", lw=0.8)
+        base, raw = (next((r for r in rows if r["steps"] == steps and r["arm"] == a), {}) for a in ("original", "raw_pixels"))
+        if raw.get(f"{metric}_mean") is not None and base.get(f"{metric}_mean") is not None:
+            ax.axvline(raw[f"{metric}_mean"] - base[f"{metric}_mean"], color="0.5", ls="--", lw=0.8,
+                       label="raw pixels")
+        ax.set_title(f"{'k-NN' if metric == 'knn_top1' else 'linear probe'}: top-1 minus original (points)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(arms)), [f"{r['arm']} (n={len(r['seeds'])})" for r in arms], fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{steps} steps; whiskers: paired 95 % t interval over seeds (none with one seed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_budget(rows, path) -> bool:
+    """k-NN (mean pool, mean over seeds) against pretraining steps for every arm run at more than one
+    budget, with the raw-pixel and random-encoder levels: does the gap grow with training?"""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    arms = curve_arms(rows)
+    if not arms:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for i, arm in enumerate(arms):
+        mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["steps"])
+        seeds = ", ".join(str(len(r["seeds"])) for r in mine)
+        ax.plot([r["steps"] for r in mine], [r[HEADLINE] for r in mine], "o-", color=f"C{i}",
+                label=f"{arm} (seeds: {seeds})")
+    for name, style in (("raw_pixels", "--"), ("random", ":")):
+        level = [r[HEADLINE] for r in rows if r["arm"] == name and r.get(HEADLINE) is not None]
+        if level:
+            ax.axhline(level[0], color="0.4", ls=style, lw=1, label=name.replace("_", " "))
+    ax.set_xscale("log")
+    budgets = sorted({r["steps"] for r in rows if r["arm"] in arms})
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("pretraining steps (each its own run, cosine schedule to 0)")
+    ax.set_ylabel("k-NN top-1, mean pool (%)")
+    ax.set_title("mean over seeds (how many per budget in the legend)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def report(args) -> Path:
+    records = read_records(Path(args.records), args.dataset, args.preset)
+    rows = summarise(records)
+    stem = Path(args.out) / f"ablation_{args.dataset}{'' if args.preset == 'ablation' else '_' + args.preset}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    steps = sorted({r["steps"] for r in rows if r["steps"]})
+    config = arm_config("original", args, 0, steps[0] if steps else 500)
+    matched = compute_matched(rows, args)
+    save_json({"dataset": args.dataset, "preset": args.preset, "headline": HEADLINE, "rows": rows,
+               "records": len(records), "config_of_original": to_dict(config), "compute_matched": matched,
+               "command": "python -m maehelpers study report"}, stem.with_suffix(".json"))
+    tables = readme_tables(rows)
+    stem.with_suffix(".md").write_text(markdown(rows) + matched_markdown(matched) + "\n" + tables)
+    if args.readme:
+        replace_readme_tables(args.readme, tables)
+    for st in steps:
+        plot(rows, stem.parent / f"{stem.name}_{st}.png", st)
+    plot_budget(rows, stem.parent / f"{stem.name}_budget.png")
+    print(stem.with_suffix(".md").read_text())
+    return stem
+
