@@ -163,7 +163,7 @@ def make_config(variant: str = "original", preset: str = "paper", dataset: str =
     _choose("dataset", dataset, DATASETS)
     cfg = PretrainConfig(variant=VARIANTS[variant], dataset=dataset, preset=preset, seed=seed,
                          **PRESETS[preset])
-    overrides = dict(overrides or {})
+    overrides = {k: _tuples(v) for k, v in (overrides or {}).items()}  # JSON lists and tuples name a variant alike
     changed = [k for k in overrides if k.startswith("variant.") and k != "variant.name"]
     if changed and "variant.name" not in overrides:  # a changed variant must not carry the old name
         overrides["variant.name"] = variant + "".join(f"+{k[8:]}={overrides[k]}" for k in sorted(changed))
@@ -279,7 +279,7 @@ def to_dict(cfg) -> dict:
 
 def _tuples(x):
     """JSON lists back to the tuples a frozen config holds (nested: extra_terms)."""
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def from_dict(d: dict) -> PretrainConfig:

@@ -390,6 +390,8 @@ def build_parser(prog: str = "python -m maehelpers study") -> argparse.ArgumentP
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--readme", help="report: also write the tables into this README, between its markers")
+    p.add_argument("--interim", action="store_true",
+                   help="report: analyse the held-out records before all registered runs are in")
     p.add_argument("--half-width", type=float, help="seeds: the 95 %% half-width wanted (points)")
     p.add_argument("--effect", type=float, help="seeds: the effect to detect (points; 5 %% two-sided, power 80 %%)")
     return p

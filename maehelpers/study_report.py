@@ -8,9 +8,11 @@ confirmation (benchmarks/preregistered.md) is analysed as registered there: pair
 Holm's correction per family, the factorial contrasts, a bootstrap over the held-out images, and
 the records are refused if any predates the registration.
 """
+import json
 import math
 import statistics
 from pathlib import Path
+
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -19,8 +21,10 @@ from .config import to_dict
 from .masking import mask_ratio_at
 from .pretrain import build_model
 from .runs import save_json
-from .stats import paired
-from .study import ARMS, BASELINES, HEADLINE, METRICS, arm_config, read_records
+from .stats import bootstrap_paired, holm, mean_interval, paired, seeds_needed, slope
+from .study import (ARMS, BASELINES, HEADLINE, HELDOUT_ARMS, HELDOUT_SEEDS, METRICS, ROOT, arm_config, correct_path,
+                    read_records, unpack_bits)
+from .runs import read_jsonl
 
 
 def flops_per_step(step) -> float:
@@ -265,6 +269,168 @@ def plot_budget(rows, path) -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- the held-out confirmation
+PREREGISTRATION = ROOT / "benchmarks" / "preregistered.md"
+FAMILY_1 = ("improved", "unif_umae_mean_100x", "unif_wi_mean_1x", "lowpass")   # each against original
+FACTORIAL = {"original": (0, 0, 0), "curriculum": (1, 0, 0), "lap_interior_1x": (0, 1, 0), "unif_wi_mean_1x": (0, 0, 1),
+             "improved_no_uniformity": (1, 1, 0), "improved_no_laplacian": (1, 0, 1),
+             "improved_no_curriculum": (0, 1, 1), "improved": (1, 1, 1)}          # (curriculum, Laplacian, uniformity)
+EFFECTS = {"C": (1, 0, 0), "L": (0, 1, 0), "U": (0, 0, 1), "CxL": (1, 1, 0), "CxU": (1, 0, 1), "LxU": (0, 1, 1),
+           "CxLxU": (1, 1, 1)}
+LEAVE_ONE_OUT = {"curriculum": "improved_no_curriculum", "Laplacian": "improved_no_laplacian",
+                 "uniformity": "improved_no_uniformity"}
+
+
+def registered_at(path=PREREGISTRATION) -> str:
+    """The 'registered: YYYY-MM-DD HH:MM UTC' line of the preregistration, as 'YYYY-MM-DD HH:MM'."""
+    line = next((x for x in Path(path).read_text().splitlines() if x.startswith("registered: ")), None)
+    if line is None:
+        raise ValueError(f"{path} has no 'registered: YYYY-MM-DD HH:MM UTC' line")
+    return line.split(": ", 1)[1].replace(" UTC", "").strip()
+
+
+def check_registered(records: dict, when: str) -> None:
+    """Refuse held-out records dated before the registration: they could have shaped it."""
+    early = sorted(f"{a}/s{s}/{st} ({r.get('date')})" for (a, s, st), r in records.items() if str(r.get("date")) < when)
+    if early:
+        raise ValueError(f"held-out records dated before the preregistration ({when} UTC): {', '.join(early[:5])}")
+
+
+def read_correct(path, dataset, preset, steps: int) -> dict:
+    """{(arm, seed): {metric: bool array}} of the held-out records' per-image correctness."""
+    out = {}
+    for r in read_jsonl(path):
+        if r.get("dataset") == dataset and r.get("preset") == preset and r.get("steps") == steps:
+            out[(r["arm"], r["seed"])] = {m: unpack_bits(r[m], r["n"]) for m in r if m.endswith(("_mean", "_cls"))}
+    return out
+
+
+def claim(p_holm, interval: dict) -> str:
+    """The preregistered wording: 'detected' below a Holm-adjusted 0.05, else what the interval rules out."""
+    if interval.get("ci95") is None:
+        return "one seed: screening only"
+    lo, hi = interval["diff"] - interval["ci95"], interval["diff"] + interval["ci95"]
+    if p_holm is not None and p_holm < 0.05:
+        return f"detected ({'+' if interval['diff'] > 0 else '-'})"
+    return f"not detected; an effect larger than {max(abs(lo), abs(hi)):.2f} is ruled out (95 %)"
+
+
+def family(comparisons: dict) -> dict:
+    """{name: interval} -> the same with Holm-adjusted p and the claim, over the family."""
+    adjusted = holm({k: v["p"] for k, v in comparisons.items() if v})
+    return {k: {**v, "p_holm": adjusted.get(k), "claim": claim(adjusted.get(k), v)} for k, v in comparisons.items() if v}
+
+
+def factorial(values: dict) -> dict:
+    """values: {arm: {seed: value}} for the eight cells. Per seed with all eight, each effect's
+    contrast (cells coded -1 / +1 per factor, the product over the effect's factors, sum / 4), and
+    the 'sum of parts' contrast (improved - original) - sum over additions (addition - original)."""
+    seeds = sorted(set.intersection(*(set(values.get(a, {})) for a in FACTORIAL))) if values else []
+    per_effect = {e: [] for e in EFFECTS}
+    parts = []
+    for s in seeds:
+        for e, factors in EFFECTS.items():
+            per_effect[e].append(sum(math.prod(1 if lv else -1 for lv, f in zip(levels, factors) if f) * values[a][s]
+                                     for a, levels in FACTORIAL.items()) / 4)
+        o = values["original"][s]
+        parts.append(values["improved"][s] - o - sum(values[a][s] - o for a in ("curriculum", "lap_interior_1x",
+                                                                                  "unif_wi_mean_1x")))
+    if not seeds:
+        return {}
+    return {"seeds": seeds, "effects": family({e: mean_interval(v) for e, v in per_effect.items()}),
+            "sum_less_than_parts": mean_interval(parts)}
+
+
+def heldout_analysis(records: dict, correct: dict, steps: int = 500) -> dict:
+    """The registered analysis of the held-out records at `steps`, for the headline and the probe."""
+    out = {}
+    for m in (HEADLINE, "lp_top1_mean"):
+        values = {}
+        for (a, s, st), r in records.items():
+            if st == steps and r.get(m) is not None:
+                values.setdefault(a, {})[s] = r[m]
+        base, bits = values.get("original", {}), lambda a: {s: c[m] for (x, s), c in correct.items() if x == a and m in c}
+        vs_original = family({a: paired(base, values[a]) for a in FAMILY_1 if a in values})
+        for a, row in vs_original.items():
+            row["bootstrap95"] = bootstrap_paired(bits("original"), bits(a))
+        loo = {add: paired(values[arm], values.get("improved", {})) for add, arm in LEAVE_ONE_OUT.items() if arm in values}
+        out[m] = {"vs_original": vs_original, "factorial": factorial(values),
+                  "leave_one_out": {k: v for k, v in loo.items() if v}, "seeds": {a: sorted(v) for a, v in values.items()}}
+    return out
+
+
+def fmt_interval(p: dict) -> str:
+    if p.get("ci95") is None:
+        return f"{p['diff']:+.2f} (1 seed)"
+    return f"{p['diff']:+.2f} [{p['diff'] - p['ci95']:+.2f}, {p['diff'] + p['ci95']:+.2f}]"
+
+
+def heldout_markdown(analysis: dict, registered: str) -> str:
+    lines = [f"## Held-out confirmation (test images 5,000-9,999; fresh seeds; registered {registered} UTC)", ""]
+    for m, a in analysis.items():
+        lines += [f"### {m}", "", "Family 1, against original (Holm over the arms present):", "",
+                  table(["arm", "seeds", "Δ [95 % t over seeds]", "bootstrap over images (95 %)", "p", "p (Holm)",
+                         "MDE", "claim"],
+                        [[k, str(v["n"]), fmt_interval(v),
+                          "" if not v.get("bootstrap95") else f"[{v['bootstrap95'][0]:+.2f}, {v['bootstrap95'][1]:+.2f}]",
+                          _p(v.get("p")), _p(v.get("p_holm")), "" if v.get("mde") is None else f"{v['mde']:.2f}", v["claim"]]
+                         for k, v in a["vs_original"].items()]), ""]
+        f = a["factorial"]
+        if f:
+            lines += [f"Family 2, the 2 x 2 x 2 factorial (seeds {f['seeds']}; Holm over 7):", "",
+                      table(["effect", "estimate [95 %]", "p", "p (Holm)", "claim"],
+                            [[k, fmt_interval(v), _p(v.get("p")), _p(v.get("p_holm")), v["claim"]]
+                             for k, v in f["effects"].items()]), "",
+                      f"Sum less than its parts? (improved - original) - Σ(addition - original): "
+                      f"{fmt_interval(f['sum_less_than_parts'])}", ""]
+        if a["leave_one_out"]:
+            lines += ["Leave-one-out (improved minus improved without the addition; descriptive):", "",
+                      table(["addition", "seeds", "what it adds inside improved [95 %]"],
+                            [[k, str(v["n"]), fmt_interval(v)] for k, v in a["leave_one_out"].items()]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _p(p) -> str:
+    return "" if p is None else f"{p:.3f}" if p >= 0.001 else "<0.001"
+
+
+# ----------------------------------------------------------------------------- exploratory analyses (declared)
+def learning_curve_slope(records: dict, arm: str = "unif_umae_mean_100x") -> dict | None:
+    """Per seed run at every budget of `arm`, the OLS slope of its k-NN gap to original against
+    log2(steps): points per doubling of training, with a t interval over seeds."""
+    gaps = {}
+    for (a, s, st), r in records.items():
+        o = records.get(("original", s, st))
+        if a == arm and o and r.get(HEADLINE) is not None and o.get(HEADLINE) is not None:
+            gaps.setdefault(s, []).append((math.log2(st), r[HEADLINE] - o[HEADLINE]))
+    budgets = max((len(v) for v in gaps.values()), default=0)
+    return slope({s: v for s, v in gaps.items() if len(v) == budgets}) if budgets > 1 else None
+
+
+def still_rising(records: dict, arm: str, lo: int = 2000, hi: int = 4000) -> dict | None:
+    """Paired over seeds: the arm's k-NN at `hi` steps minus at `lo`."""
+    at = lambda st: {s: r[HEADLINE] for (a, s, x), r in records.items() if a == arm and x == st and r.get(HEADLINE) is not None}  # noqa: E731
+    return paired(at(lo), at(hi))
+
+
+def seeds_table(rows, half_width: float = 0.5, effect: float | None = None) -> str:
+    """For every arm with at least 3 paired seeds: the paired spread and the seeds a target needs."""
+    lines = []
+    for r in rows:
+        for m in (HEADLINE, "lp_top1_mean"):
+            p = r.get(f"{m}_vs_original")
+            if p and p["n"] >= 3:
+                need = seeds_needed(p["sd"], half_width=None if effect else half_width, effect=effect)
+                lines.append([r["arm"], str(r["steps"]), m, str(p["n"]), f"{p['sd']:.2f}", f"{p['ci95']:.2f}", str(need)])
+    target = f"an effect of {effect} (5 %, power 80 %)" if effect else f"a 95 % half-width of {half_width}"
+    return table(["arm", "steps", "metric", "seeds", "sd of paired Δ", "95 % half-width now", f"seeds for {target}"], lines)
+
+
+def seeds_text(args) -> str:
+    rows = summarise(read_records(Path(args.records), args.dataset, args.preset))
+    return seeds_table(rows, args.half_width or 0.5, args.effect)
+
+
 def report(args) -> Path:
     records = read_records(Path(args.records), args.dataset, args.preset)
     rows = summarise(records)
@@ -277,7 +443,17 @@ def report(args) -> Path:
                "records": len(records), "config_of_original": to_dict(config), "compute_matched": matched,
                "command": "python -m maehelpers study report"}, stem.with_suffix(".json"))
     tables = readme_tables(rows)
-    stem.with_suffix(".md").write_text(markdown(rows) + matched_markdown(matched) + "\n" + tables)
+    held = read_records(Path(args.records), args.dataset, args.preset, "heldout")
+    done = sum((a, s, 500) in held for a in HELDOUT_ARMS for s in HELDOUT_SEEDS)
+    heldout_md = (f"\nHeld-out stage: {done} of {len(HELDOUT_ARMS) * len(HELDOUT_SEEDS)} registered runs recorded; "
+                  "the registered analysis is reported when all are in (--interim shows it before).\n") if held else ""
+    if held and (done == len(HELDOUT_ARMS) * len(HELDOUT_SEEDS) or getattr(args, "interim", False)):
+        when = registered_at()
+        check_registered(held, when)
+        analysis = heldout_analysis(held, read_correct(correct_path(args.records), args.dataset, args.preset, 500))
+        Path(f"{stem}_heldout.json").write_text(json.dumps(analysis, indent=1, default=float) + "\n")
+        heldout_md = "\n" + heldout_markdown(analysis, when)
+    stem.with_suffix(".md").write_text(markdown(rows) + matched_markdown(matched) + "\n" + tables + heldout_md)
     if args.readme:
         replace_readme_tables(args.readme, tables)
     for st in steps:

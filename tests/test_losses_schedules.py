@@ -160,3 +160,64 @@ def test_lowpass_target_hand_values():
     _, parts, pred, mask = pretrain_loss(model, imgs, 0.75, VARIANTS["lowpass"], noise)
     blurred_target = model.target(gaussian_blur(imgs, 1.0))
     assert parts["mse"].item() == pytest.approx(masked_mse(pred, blurred_target, mask).item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- registered terms and schedules
+def test_a_term_from_a_notebook_cell_reaches_the_gradient_and_is_named_in_the_config():
+    import torch.nn.functional as F
+    from maehelpers.losses import TERMS, register_term
+
+    @register_term("test_spread_floor")
+    def spread_floor(x):                          # what a notebook cell would define
+        return F.relu(1.0 - x.pooled("mean").std(dim=0)).mean()
+    try:
+        cfg = make_config("original", "smoke", "synthetic", 0, {"variant.extra_terms": [["test_spread_floor", 0.5]]})
+        assert cfg.variant.extra_terms == (("test_spread_floor", 0.5),)
+        assert cfg.variant.name == "original+extra_terms=(('test_spread_floor', 0.5),)"
+        model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+                    decoder_depth=1, decoder_num_heads=2)
+        imgs, noise = torch.randn(4, 3, 32, 32), torch.rand(4, 16)
+        total, parts, _, _ = pretrain_loss(model, imgs, 0.75, cfg.variant, noise)
+        assert set(parts) == {"mse", "test_spread_floor"}
+        assert torch.isclose(total, parts["mse"] + 0.5 * parts["test_spread_floor"])
+        parts["test_spread_floor"].backward()
+        assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0   # it reaches the encoder
+    finally:
+        TERMS.pop("test_spread_floor")
+
+
+def test_bad_terms_are_named_in_one_sentence(tmp_path):
+    from maehelpers.losses import TERMS, LossTermError, register_term
+    from maehelpers.pretrain import pretrain
+    with pytest.raises(ValueError, match="registered loss terms .*laplacian, uniformity"):
+        make_config("original", "smoke", "synthetic", 0, {"variant.extra_terms": (("no_such_term", 0.1),)})
+    register_term("test_per_sample")(lambda x: x.pooled().norm(dim=1))          # one value per image
+    register_term("test_nan")(lambda x: x.pred.sum() * float("nan"))
+    try:
+        model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+                    decoder_depth=1, decoder_num_heads=2)
+        cfg = make_config("original", "smoke", "synthetic", 0, {"variant.extra_terms": (("test_per_sample", 1.0),)})
+        with pytest.raises(LossTermError, match="'test_per_sample' must return a scalar tensor; it returned \\(4,\\)"):
+            pretrain_loss(model, torch.randn(4, 3, 32, 32), 0.75, cfg.variant, torch.rand(4, 16))
+        cfg = make_config("original", "smoke", "synthetic", 0, {"variant.extra_terms": (("test_nan", 1.0),)})
+        with pytest.raises(LossTermError, match="'test_nan' is nan on the first images, before training"):
+            pretrain(cfg, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run" / "checkpoint_last.pt").exists()             # before any work
+    finally:
+        TERMS.pop("test_per_sample"), TERMS.pop("test_nan")
+
+
+def test_a_registered_schedule_is_used_at_every_step():
+    from maehelpers.masking import SCHEDULES, register_schedule
+
+    @register_schedule("test_step_up")
+    def step_up(progress, start, end, frac, u):
+        return start if progress < frac else end
+    try:
+        v = make_config("original", "smoke", "synthetic", 0, {"variant.mask_schedule": "test_step_up",
+                                                              "variant.mask_ratio_start": 0.5}).variant
+        assert [mask_ratio_at(p, v) for p in (0.0, 0.49, 0.5, 1.0)] == [0.5, 0.5, 0.75, 0.75]
+    finally:
+        SCHEDULES.pop("test_step_up")
+    with pytest.raises(ValueError, match="unknown mask schedule 'test_step_up'"):
+        make_config("original", "smoke", "synthetic", 0, {"variant.mask_schedule": "test_step_up"})

@@ -1,0 +1,261 @@
+"""The seeded study: the runner (maehelpers.study) on tiny settings, its statistics (stats) against
+values worked out by hand, its report and the held-out analysis (study_report)."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+import pytest
+
+from maehelpers import stats, study, study_report
+from maehelpers.cli import study_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ablation_runner_tiny_records_skip_and_report(tmp_path):
+    common = ["--dataset", "synthetic", "--preset", "smoke", "--steps", "16", "--runs-root", str(tmp_path / "runs"),
+              "--records", str(tmp_path / "runs.jsonl"), "--out", str(tmp_path / "out"), "--quiet"]
+    study_command(["run", "--arms", "original", "lap_replicate_10x", "random", "raw_pixels", "--seeds", "0", "1",
+                   *common])
+    records = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(records) == 8
+    lap = next(r for r in records if r["arm"] == "lap_replicate_10x")
+    assert lap["variant"] == "laplacian+laplacian_form=replicate+laplacian_weight=0.5"
+    for key in ("lp_top1_cls", "lp_top1_mean", "knn_top1_cls", "knn_top1_mean", "pretrain_time_s", "git_commit",
+                "overrides", "steps", "seed", "threads", "under_load"):
+        assert key in lap
+    study_command(["run", "--arms", "original", "--seeds", "0", "1", *common])   # finished: nothing added
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 8
+    study_command(["run", "--arms", "original", "--seeds", "0", "--ft", "--ft-epochs", "1", *common])
+    first, tuned = (json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()[::8])
+    assert tuned["ft_top1"] is not None and tuned["ft_epochs"] == 1
+    assert "threads" not in tuned and tuned["eval_threads"] == first["threads"]  # the pretraining's stay its own
+    merged = study.read_records(tmp_path / "runs.jsonl")[("original", 0, 16)]
+    assert merged["git_commit"] == first["git_commit"] and merged["ft_top1"] == tuned["ft_top1"]
+    ft_verify = ["verify", "--arms", "original", "--seeds", "0", "--ft", "--ft-epochs", "1", *common]
+    assert study_command(ft_verify) == 0                                          # fine-tuning reproduces too
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write(json.dumps({**tuned, "ft_top1": tuned["ft_top1"] + 1.0}) + "\n")
+    assert study_command(ft_verify) == 1                                          # and a wrong one is caught
+    (tmp_path / "runs.jsonl").write_text("\n".join((tmp_path / "runs.jsonl").read_text().splitlines()[:8]) + "\n")
+    assert study_command(["verify", "--arms", "lap_replicate_10x", "--seeds", "1", *common]) == 0  # reproduces
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    doctored = [json.dumps({**json.loads(x), "knn_top1_cls": 1.0}) if '"lap_replicate_10x"' in x else x for x in lines]
+    (tmp_path / "runs.jsonl").write_text("\n".join(doctored) + "\n")
+    assert study_command(["verify", "--arms", "lap_replicate_10x", "--seeds", "1", *common]) == 1  # a wrong record
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    summary = json.loads((tmp_path / "out" / "ablation_synthetic_smoke.json").read_text())
+    row = next(r for r in summary["rows"] if r["arm"] == "lap_replicate_10x")
+    assert row["seeds"] == [0, 1] and row["knn_top1_mean_vs_original"]["n"] == 2
+    assert (tmp_path / "out" / "ablation_synthetic_smoke_16.png").stat().st_size > 0
+    assert "| lap_replicate_10x | 16 | 2 |" in (tmp_path / "out" / "ablation_synthetic_smoke.md").read_text()
+
+
+def test_paired_difference_and_detectable_effect_hand_values():
+    base = {0: 70.0, 1: 72.0, 2: 74.0}
+    arm = {0: 71.0, 1: 74.0, 2: 74.0, 3: 99.0}            # seed 3 has no partner: left out
+    p = stats.paired(base, arm)                       # differences 1, 2, 0: mean 1, sd 1
+    assert p["n"] == 3 and p["diff"] == pytest.approx(1.0)
+    assert p["ci95"] == pytest.approx(4.303 / 3 ** 0.5, rel=1e-3)          # t(0.975, 2) = 4.303
+    assert p["mde"] == pytest.approx((4.303 + 1.061) / 3 ** 0.5, rel=1e-3)  # + t(0.80, 2) = 1.061
+    assert p["p"] == pytest.approx(0.2254, abs=1e-4)                      # t = sqrt(3) on 2 df, two-sided
+    assert stats.paired(base, {0: 75.0}) == {"diff": 5.0, "ci95": None, "n": 1, "sd": None, "p": None, "mde": None,
+                                             "seeds": [0]}
+    assert stats.paired(base, {7: 75.0}) is None
+
+
+def test_records_merge_later_lines_and_rank_arms(tmp_path):
+    path = tmp_path / "r.jsonl"
+    rows = [{"arm": "original", "seed": 0, "steps": 500, "knn_top1_mean": 70.0, "ft_top1": None},
+            {"arm": "lowpass", "seed": 0, "steps": 500, "knn_top1_mean": 72.0},
+            {"arm": "curriculum", "seed": 0, "steps": 500, "knn_top1_mean": 69.0},
+            {"arm": "original", "seed": 0, "steps": 500, "ft_top1": 80.0}]   # a later fine-tuning result
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = study.read_records(path)
+    assert records[("original", 0, 500)]["knn_top1_mean"] == 70.0 and records[("original", 0, 500)]["ft_top1"] == 80.0
+    assert study.ranked_arms(records, 500) == [("lowpass", 72.0), ("curriculum", 69.0)]
+
+
+def test_fine_tuning_is_redone_at_other_epochs_only():
+    import argparse
+    args = argparse.Namespace(arms=["original", "random"], seeds=[0], steps=500, stage="dose", ft=True, ft_epochs=10)
+    records = {("original", 0, 500): {"ft_top1": 41.0, "ft_epochs": 2}, ("random", 0, 500): {"ft_top1": 30.0, "ft_epochs": 10}}
+    assert study.plan(args, records) == [("original", 0, 500)]   # 2 epochs is not the asked-for 10
+    args.ft = False
+    assert study.plan(args, records) == []                       # without --ft both are finished
+
+
+def test_compute_matched_reading_by_hand(monkeypatch, tmp_path):
+    flops = {"curriculum": 2.0, "original": 1.0}  # the curriculum costs twice: original at 1000 steps
+    monkeypatch.setattr(study_report, "pretrain_flops", lambda arm, args, steps: flops[arm] * steps)
+    rows = [{"arm": "original", "steps": 500, "seeds": [0, 1], "knn_top1_mean": 70.0},
+            {"arm": "original", "steps": 2000, "seeds": [0, 1], "knn_top1_mean": 76.0},
+            {"arm": "original", "steps": 4000, "seeds": [0, 1], "knn_top1_mean": 90.0},
+            {"arm": "curriculum", "steps": 500, "seeds": [0, 1], "knn_top1_mean": 72.0,
+             "knn_top1_mean_vs_original": {"diff": 2.0}}]
+    m = study_report.compute_matched(rows, None)
+    assert m["interpolated_between"] == [500, 2000]          # the budgets around 1000 steps
+    assert m["original_at_equal_flops"] == pytest.approx(73.0)  # 70 + 6 * log(2) / log(4)
+    assert m["diff_at_equal_flops"] == pytest.approx(-1.0) and m["diff_at_equal_steps"] == 2.0
+    assert study_report.compute_matched(rows[:1] + rows[3:], None) is None  # one budget: no curve to read
+    assert study_report.plot_budget(rows, tmp_path / "budget.png") and (tmp_path / "budget.png").stat().st_size > 0
+
+
+def test_pretrain_flops_follow_the_visible_patches():
+    import argparse
+    import torch
+    from maehelpers.pretrain import build_model
+    args = argparse.Namespace(preset="smoke", dataset="synthetic")  # 16 patches
+    cfg = study.arm_config("original", args, 0, 8)
+    model, imgs = build_model(cfg), torch.zeros(1, 3, cfg.model.img_size, cfg.model.img_size)
+    f = {k: study_report.flops_per_step(lambda: model(imgs, 1 - k / 16)[0].backward()) for k in (8, 7, 6, 5, 4)}
+    batch = cfg.train.batch_size
+    assert study_report.pretrain_flops("original", args, 8) == 8 * batch * f[4]  # ratio 0.75: 4 visible
+    # curriculum 0.5 -> 0.75 over the first half of 8 steps: 8, 7, 6, 5 visible, then 4 for steps 4-7
+    assert study_report.pretrain_flops("curriculum", args, 8) == batch * (f[8] + f[7] + f[6] + f[5] + 4 * f[4])
+
+
+def test_readme_tables_are_the_committed_records():
+    """The README's study tables are what `report --readme` writes from the committed records: a
+    number edited by hand, or records added without regenerating the tables, fails here."""
+    records = study.read_records(ROOT / "benchmarks" / "results" / "ablation_runs.jsonl", "fashion_mnist", "ablation")
+    readme = (ROOT / "README.md").read_text()
+    start, end = (readme.index(m) for m in study_report.README_MARKS)
+    assert readme[start + len(study_report.README_MARKS[0]):end].strip() == study_report.readme_tables(study_report.summarise(records)).strip()
+
+
+def test_readme_tables_replace_only_their_block(tmp_path):
+    records = {("original", 0, 500): {"knn_top1_mean": 69.0, "ft_top1": 80.0, "ft_epochs": 10},
+               ("original", 1, 500): {"knn_top1_mean": 71.0},                  # not fine-tuned
+               ("random", 0, 500): {"knn_top1_mean": 57.0, "ft_top1": 60.0, "ft_epochs": 10}}
+    tables = study_report.readme_tables(study_report.summarise(records))
+    assert "| original | 2 | 70.00 ± 1.41 |" in tables                         # sd of 69 and 71
+    assert "| original | 500 | 1 | 80.00 |  | layer-wise decay, 10 epochs |" in tables  # 1 of its 2 seeds tuned
+    assert "| random | 500 | 1 | 60.00 | -20.00 (1 seed) | scratch, no layer-wise decay, 10 epochs |" in tables
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{study_report.README_MARKS[0]}\nstale\n{study_report.README_MARKS[1]}\nafter\n")
+    study_report.replace_readme_tables(readme, tables)
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{study_report.README_MARKS[1]}\nafter\n")
+    assert "stale" not in text and tables in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no block"):
+        study_report.replace_readme_tables(readme, tables)
+    assert readme.read_text() == "no markers\n"   # left as it was
+
+
+# ----------------------------------------------------------------------------- statistics by hand
+def test_holm_by_hand():
+    # sorted 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1: 0.04, 0.06, 0.06 (kept non-decreasing), 0.06
+    adjusted = stats.holm({"a": 0.03, "b": 0.01, "c": 0.04, "d": 0.02, "none": None})
+    assert adjusted == pytest.approx({"b": 0.04, "d": 0.06, "a": 0.06, "c": 0.06})
+    assert stats.holm({"x": 0.6, "y": 0.5}) == pytest.approx({"y": 1.0, "x": 1.0})   # capped at 1
+
+
+def test_bootstrap_over_images_by_hand():
+    base = {0: np.array([1, 0, 1, 0], bool), 1: np.array([1, 1, 0, 0], bool)}
+    same = stats.bootstrap_paired(base, base)
+    assert same == (0.0, 0.0)                                          # identical predictions: no difference
+    better = {0: np.array([1, 1, 1, 0], bool), 1: np.array([1, 1, 1, 0], bool)}
+    # per image the mean over seeds of (arm - base) is 0, 0.5, 0.5, 0: resampled means lie in [0, 50] points
+    lo, hi = stats.bootstrap_paired(base, better, n_boot=4000)
+    assert 0.0 <= lo < 25.0 < hi <= 50.0
+    everywhere = {0: np.ones(4, bool), 1: np.ones(4, bool)}
+    none = {0: np.zeros(4, bool), 1: np.zeros(4, bool)}
+    assert stats.bootstrap_paired(none, everywhere) == (100.0, 100.0)  # right on every image, every resample
+    assert stats.bootstrap_paired(base, {5: everywhere[0]}) is None     # no shared seed
+
+
+def test_slope_over_seeds_by_hand():
+    # seed 0: y = 1 + 2x exactly (slope 2); seed 1: points (0, 0), (1, 1), (2, 5): slope (sum dx dy / sum dx^2) = 5/2
+    res = stats.slope({0: [(0, 1), (1, 3), (2, 5)], 1: [(0, 0), (1, 1), (2, 5)], 2: [(1, 4)]})
+    assert res["slopes"] == pytest.approx([2.0, 2.5]) and res["n"] == 2 and res["diff"] == pytest.approx(2.25)
+    assert res["ci95"] == pytest.approx(12.706 * 0.25, rel=1e-3)     # sd of (2, 2.5) 0.354, se 0.25, t(0.975, 1)
+
+
+def test_seeds_needed_by_hand():
+    # sd 1, half-width 1: n = 7 gives t(0.975, 6) / sqrt 7 = 2.447 / 2.646 = 0.925; n = 6 gives 2.571 / 2.449 = 1.05
+    assert stats.seeds_needed(1.0, half_width=1.0) == 7
+    # effect 2 with sd 1: n = 5: (2.776 + 0.941) / sqrt 5 = 1.66 <= 2; n = 4: (3.182 + 0.978) / 2 = 2.08 > 2
+    assert stats.seeds_needed(1.0, effect=2.0) == 5
+    with pytest.raises(ValueError, match="exactly one"):
+        stats.seeds_needed(1.0)
+
+
+# ----------------------------------------------------------------------------- the held-out analysis
+def test_factorial_contrasts_by_hand():
+    # values = 70 + 2 C + 1 L + 3 U - 1 (C and U together) + seed noise that cancels in every contrast
+    values = {}
+    for arm, (c, l, u) in study_report.FACTORIAL.items():
+        values[arm] = {s: 70 + 2 * c + l + 3 * u - c * u + 0.1 * s for s in (0, 1, 2)}
+    f = study_report.factorial(values)
+    e = {k: v["diff"] for k, v in f["effects"].items()}
+    # main effect C = mean over cells with C minus without: 2 - 0.5 (the interaction, half of the cells) = 1.5
+    assert e == pytest.approx({"C": 1.5, "L": 1.0, "U": 2.5, "CxL": 0.0, "CxU": -0.5, "LxU": 0.0, "CxLxU": 0.0})
+    # improved - original = 2 + 1 + 3 - 1 = 5; the parts alone add to 6: the sum is 1 less than its parts
+    assert f["sum_less_than_parts"]["diff"] == pytest.approx(-1.0) and f["seeds"] == [0, 1, 2]
+    values["improved"].pop(2)
+    assert study_report.factorial(values)["seeds"] == [0, 1]       # seeds with every cell only
+
+
+def test_heldout_claims_follow_the_registered_wording():
+    assert study_report.claim(0.01, {"diff": 2.0, "ci95": 1.0}) == "detected (+)"
+    assert study_report.claim(0.2, {"diff": 0.5, "ci95": 1.5}) == \
+        "not detected; an effect larger than 2.00 is ruled out (95 %)"
+    assert study_report.claim(None, {"diff": 0.5, "ci95": None}) == "one seed: screening only"
+
+
+def test_heldout_records_before_the_registration_are_refused(tmp_path):
+    prereg = tmp_path / "p.md"
+    prereg.write_text("# x\n\nregistered: 2026-12-02 04:00 UTC\n")
+    when = study_report.registered_at(prereg)
+    assert when == "2026-12-02 04:00"
+    study_report.check_registered({("original", 100, 500): {"date": "2026-12-02 04:01"}}, when)
+    with pytest.raises(ValueError, match="dated before the preregistration"):
+        study_report.check_registered({("original", 100, 500): {"date": "2026-12-01 23:59"}}, when)
+
+
+def test_heldout_analysis_from_records_and_bits():
+    rng = np.random.default_rng(0)
+    records, correct = {}, {}
+    for arm in study_report.FACTORIAL:
+        for s in (100, 101, 102):
+            bits = rng.random(200) < (0.7 + (0.05 if arm == "improved" else 0.0))
+            records[(arm, s, 500)] = {"knn_top1_mean": 100 * bits.mean(), "lp_top1_mean": 100 * bits.mean()}
+            correct[(arm, s)] = {"knn_top1_mean": bits, "lp_top1_mean": bits}
+    a = study_report.heldout_analysis(records, correct)["knn_top1_mean"]
+    by_hand = np.mean([records[("improved", s, 500)]["knn_top1_mean"] - records[("original", s, 500)]["knn_top1_mean"]
+                       for s in (100, 101, 102)])
+    assert a["vs_original"]["improved"]["diff"] == pytest.approx(by_hand)
+    lo, hi = a["vs_original"]["improved"]["bootstrap95"]
+    assert lo < by_hand < hi
+    assert set(a["vs_original"]) == {"improved", "unif_wi_mean_1x"}       # the family arms present
+    assert a["factorial"]["seeds"] == [100, 101, 102] and set(a["leave_one_out"]) == {"curriculum", "Laplacian",
+                                                                                        "uniformity"}
+    assert "Family 2" in study_report.heldout_markdown({"knn_top1_mean": a}, "2026-12-02 04:00")
+
+
+def test_a_study_over_a_term_of_your_own_records_it_and_reproduces(tmp_path):
+    import torch.nn.functional as F
+    from maehelpers.losses import TERMS, register_term
+    from maehelpers.runs import read_results
+    register_term("test_spread_floor")(lambda x: F.relu(1.0 - x.pooled("mean").std(dim=0)).mean())
+    arm = ("original", {"variant.extra_terms": [["test_spread_floor", 0.5]]})
+    where = {"records": tmp_path / "r.jsonl", "runs_root": tmp_path / "runs"}
+    try:
+        res = study.compare({"floor": arm}, seeds=(0, 1), steps=16, dataset="synthetic", preset="smoke", **where)
+        assert res["floor"]["knn_top1_mean"]["n"] == 2 and res["floor"]["knn_top1_mean"]["seeds"] == [0, 1]
+        record = study.read_records(where["records"])[("floor", 1, 16)]
+        assert record["overrides"] == {"variant.extra_terms": [["test_spread_floor", 0.5]]}
+        assert record["variant"] == "original+extra_terms=(('test_spread_floor', 0.5),)"
+        run = read_results(tmp_path / "runs" / "synthetic" / "floor_s1_16")
+        assert run["config"]["variant"]["extra_terms"] == [["test_spread_floor", 0.5]]
+        (tmp_path / "arms.json").write_text(json.dumps({"floor": arm}))
+        common = ["--dataset", "synthetic", "--preset", "smoke", "--steps", "16", "--records", str(where["records"]),
+                  "--arms-file", str(tmp_path / "arms.json"), "--quiet"]
+        assert study_command(["verify", "--arms", "floor", "--seeds", "1", *common]) == 0    # reproduces
+    finally:
+        TERMS.pop("test_spread_floor")
+    with pytest.raises(ValueError, match="registered loss terms"):   # without the term: said before any work
+        study_command(["verify", "--arms", "floor", "--seeds", "1", *common])
