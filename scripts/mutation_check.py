@@ -141,7 +141,7 @@ MUTATIONS = {
                                "upper = torch.ones(n, n, dtype=torch.bool, device=z.device)",
                                "tests/test_gpu_path.py::test_wang_isola_uniformity_from_one_matmul_has_the_pairwise_values_and_gradients"),
     "accum_not_averaged": ("maehelpers/pretrain.py", "scaler.scale(loss / accum).backward()", "scaler.scale(loss).backward()",
-                           "tests/test_gpu_path.py::test_accumulation_trains_what_one_batch_trains_and_bad_settings_are_refused"),
+                           "tests/test_gpu_path.py::test_accumulated_micro_batch_gradients_add_up_to_the_whole_batch_gradient"),
     "rank_draws_own_crops": ("maehelpers/data.py", "n, dev, rows = batch or x.shape[0], x.device, rows or slice(None)",
                              "n, dev, rows = x.shape[0], x.device, slice(None)",
                              "tests/test_gpu_path.py::test_a_rank_or_micro_batch_resamples_only_its_rows_with_the_whole_batchs_crops"),
@@ -161,6 +161,18 @@ MUTATIONS = {
                              "tests/test_gpu_path.py::test_one_process_per_machine_downloads_and_the_others_wait"),
     "ranks_decide_alone": ("maehelpers/pretrain.py", "    if len(set(seen)) > 1:\n", "    if False:\n",
                            "tests/test_gpu_path.py::test_ranks_that_see_different_checkpoints_refuse_together_instead_of_diverging"),
+    # the study's statistics and the registry (tests/test_study.py, tests/test_losses_schedules.py)
+    "holm_not_monotone": ("maehelpers/stats.py", "running = max(running, min(1.0, (m - i) * p))",
+                          "running = min(1.0, (m - i) * p)", "tests/test_study.py::test_holm_by_hand"),
+    "factorial_half_coded": ("maehelpers/study_report.py", "math.prod(1 if lv else -1", "math.prod(1 if lv else 0",
+                             "tests/test_study.py::test_factorial_contrasts_by_hand"),
+    "registration_date_ignored": ("maehelpers/study_report.py", "    if early:\n", "    if False:\n",
+                                  "tests/test_study.py::test_heldout_records_before_the_registration_are_refused"),
+    "bootstrap_resamples_seeds_apart": ("maehelpers/stats.py", "diff[rng.integers(0, n, n)].mean()",
+                                        "(diff[rng.integers(0, n, n)] - diff[rng.integers(0, n, n)] + diff).mean()",
+                                        "tests/test_study.py::test_bootstrap_over_images_by_hand"),
+    "term_weight_ignored": ("maehelpers/losses.py", "total = total + weight * parts[name]", "total = total + parts[name]",
+                            "tests/test_losses_schedules.py::test_a_term_from_a_notebook_cell_reaches_the_gradient_and_is_named_in_the_config"),
 }
 
 

@@ -54,6 +54,25 @@ def test_accumulation_trains_what_one_batch_trains_and_bad_settings_are_refused(
         make_config("improved", "smoke", "synthetic", 0, {"train.accum_iter": 2})
 
 
+def test_accumulated_micro_batch_gradients_add_up_to_the_whole_batch_gradient():
+    """Adam hides a gradient off by a constant factor (it normalises), so the gradients themselves
+    are compared: 4 micro-batches against the whole batch, the step taken by a zero-lr SGD."""
+    cfg = make_config("original", "smoke", "synthetic")
+    torch.manual_seed(0)
+    imgs, noise = torch.randn(16, 3, 32, 32), torch.rand(16, 16)
+    grads = {}
+    for accum in (1, 4):
+        torch.manual_seed(0)
+        model = P.build_model(cfg)
+        micro = 16 // accum
+        inputs = lambda k: (imgs[k * micro:(k + 1) * micro], noise[k * micro:(k + 1) * micro], 0.75)  # noqa: E731
+        log = type("Log", (), {"every": 0})()
+        P._train_step(P._Objective(model, cfg.variant), torch.optim.SGD(model.parameters(), lr=0.0),
+                      torch.amp.GradScaler("cuda", enabled=False), inputs, accum, 0.0, None, log, 0, P.World())
+        grads[accum] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.allclose(grads[1], grads[4], atol=1e-6)
+
+
 def test_a_rank_or_micro_batch_resamples_only_its_rows_with_the_whole_batchs_crops():
     x = torch.randint(0, 256, (8, 3, 12, 12), dtype=torch.uint8)
     whole = augment(x, 8, generator=torch.Generator().manual_seed(3))
