@@ -138,6 +138,5 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the checkpoint was saved, rerun with --resume to continue", file=sys.stderr)
         return 130
-    finally:
-        close_world()  # under torchrun: the process group ends with the command
+    close_world()  # under torchrun: the process group ends with the command
     return 0

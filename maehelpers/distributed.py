@@ -62,8 +62,11 @@ def world(device: torch.device | None = None) -> World:
 
 
 def close_world() -> None:
-    """Destroy the process group (at the end of a command under torchrun)."""
+    """At the end of a command under torchrun: wait until every rank is done, then destroy the
+    process group (a rank that destroyed it while another still finished its last collective was
+    seen to abort under gloo). Called on success only: after an error the launcher ends the job."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -260,3 +260,43 @@ def show_official(vis: dict, paths: Paths, n_images: int = 4, mask_ratio: float 
     fig = draw_official(name, *pair, mask_ratio, seed)
     save(fig, paths.compare / "official.png")
     return fig
+
+
+# ----------------------------------------------------------------------------- 06: an idea of your own
+def check_term(name: str, cfg, paths: Paths, n: int = 8) -> dict:
+    """One batch of `cfg`'s data through a fresh model: the term's value, whether it is a finite
+    scalar, and whether its gradient reaches the encoder's first block."""
+    import math
+    import torch
+    from .data import load_dataset, prepare
+    from .losses import pretrain_loss
+    from .pretrain import build_model
+    images = load_dataset(cfg.dataset, "pretrain", paths.data_root, max_images=n).images
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    noise = torch.rand(len(images), model.num_patches, generator=torch.Generator().manual_seed(0))
+    _, parts, _, _ = pretrain_loss(model, prepare(images, cfg.model.img_size), cfg.variant.mask_ratio, cfg.variant, noise)
+    value = parts[name]
+    value.backward()
+    grad = model.blocks[0].attn.qkv.weight.grad
+    return {"value": value.item(), "scalar": value.ndim == 0, "finite": math.isfinite(value.item()),
+            "reaches_encoder": bool(grad is not None and grad.abs().sum() > 0)}
+
+
+def show_paired(result: dict, half_widths=(1.0, 0.5)) -> None:
+    """The paired differences of study.compare: a picture (each seed a dot, the 95 % interval a bar)
+    and, per metric, the interval, the minimum detectable effect and the seeds a narrower interval needs."""
+    from .stats import seeds_needed
+    from .viz import draw_paired
+    draw_paired(result)
+    for arm, metrics in result.items():
+        for m, p in metrics.items():
+            if not p:
+                continue
+            line = f"{arm}, {m}: {p['diff']:+.2f} points over {p['n']} seed(s)"
+            if p["ci95"] is None:
+                print(line + ": one seed gives no interval (screening only)")
+                continue
+            more = ", ".join(f"±{h} needs {seeds_needed(p['sd'], half_width=h)} seeds" for h in half_widths)
+            print(f"{line}, 95 % interval [{p['diff'] - p['ci95']:+.2f}, {p['diff'] + p['ci95']:+.2f}]; "
+                  f"smallest effect these seeds detect (80 % power): {p['mde']:.2f}; {more}")

@@ -10,7 +10,8 @@ from pathlib import Path
 from .data import DataError, STL10_FILES
 
 NOTEBOOKS = ("00_data", "01_pretrain_original", "02_pretrain_improved", "03_linear_probe", "04_finetune",
-             "05_visualize")
+             "05_visualize", "06_try_your_idea")
+SERIES = NOTEBOOKS[:6]  # what `run` executes unless --only names others: 06 is a study of your own idea
 
 
 class SeriesError(RuntimeError):
@@ -27,7 +28,7 @@ def notebooks_dir() -> Path:
 def select(only: str | None) -> list[str]:
     """'03,05' -> those notebooks; None -> all of them."""
     if not only:
-        return list(NOTEBOOKS)
+        return list(SERIES)
     wanted = [w.strip() for w in only.split(",") if w.strip()]
     chosen = [nb for nb in NOTEBOOKS if any(nb.startswith(w.zfill(2)) for w in wanted)]
     unknown = [w for w in wanted if not any(nb.startswith(w.zfill(2)) for nb in NOTEBOOKS)]

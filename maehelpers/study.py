@@ -311,9 +311,10 @@ def run_stage(args) -> None:
                           correct_path(out))
         append_record({**head, **record}, out)
         took.append(time.time() - t0)
+        left = len(todo) - len(took)
         print(f"{arm} s{seed} {steps} steps: k-NN mean {record['knn_top1_mean']:.2f}, LP mean "
-              f"{record['lp_top1_mean']:.2f} ({took[-1]:.0f} s{', under load' if record.get('under_load', record.get('eval_under_load')) else ''})",
-              flush=True)
+              f"{record['lp_top1_mean']:.2f} ({took[-1]:.0f} s{', under load' if record.get('under_load', record.get('eval_under_load')) else ''})"
+              + (f"; {left} runs left, about {left * statistics.median(took) / 60:.0f} min" if left else ""), flush=True)
 
 
 def refresh_recon(args) -> None:
@@ -417,18 +418,21 @@ def parse(argv=None, prog: str = "python -m maehelpers study") -> argparse.Names
     return args
 
 
-def compare(arms: dict, seeds=(0, 1, 2), steps: int = 500, dataset: str = "fashion_mnist", preset: str = "ablation",
+def compare(arms: dict, seeds=(0, 1, 2), steps: int | None = 500, dataset: str = "fashion_mnist", preset: str = "ablation",
             records=None, runs_root=None, data_root=None, device: str = "cpu", metrics=(HEADLINE, "lp_top1_mean"),
             progress: bool = False) -> dict:
     """Run `original` and each of `arms` ({name: (variant, {dotted overrides})}) at the same seeds,
     budget and data (finished runs are reused), then return, per arm and metric, the paired
-    difference to `original` (mean, 95 % interval, p, minimum detectable effect, seeds)."""
-    argv = ["run", "--arms", "original", *arms, "--seeds", *map(str, seeds), "--steps", str(steps),
+    difference to `original` (mean, 95 % interval, p, minimum detectable effect, seeds, and the
+    per-seed differences). steps None: one epoch of the preset."""
+    seeds = tuple(seeds)
+    argv = ["run", "--arms", "original", *arms, "--seeds", *map(str, seeds), "--steps", str(steps or 0),
             "--dataset", dataset, "--preset", preset, "--device", device]
     for flag, value in (("--records", records), ("--runs-root", runs_root), ("--data-root", data_root)):
         argv += [flag, str(value)] if value is not None else []
     args = build_parser().parse_args(argv + ([] if progress else ["--quiet"]))
     args.extra_arms = {k: (v[0], dict(v[1])) for k, v in arms.items()}
+    args.steps = steps = steps or steps_per_epoch(args)
     if args.steps % steps_per_epoch(args):
         raise ValueError(f"steps must be a multiple of {steps_per_epoch(args)} (one epoch of the preset)")
     Path(args.records).parent.mkdir(parents=True, exist_ok=True)
@@ -436,4 +440,11 @@ def compare(arms: dict, seeds=(0, 1, 2), steps: int = 500, dataset: str = "fashi
     found = read_records(Path(args.records), dataset, preset)
     by_arm = lambda a, m: {s: r[m] for (arm, s, st), r in found.items()  # noqa: E731
                            if arm == a and st == steps and s in seeds and r.get(m) is not None}
-    return {arm: {m: paired(by_arm("original", m), by_arm(arm, m)) for m in metrics} for arm in arms}
+    out = {}
+    for arm in arms:
+        out[arm] = {}
+        for m in metrics:
+            base, mine = by_arm("original", m), by_arm(arm, m)
+            p = paired(base, mine)
+            out[arm][m] = p and {**p, "diffs": [mine[s] - base[s] for s in p["seeds"]]}
+    return out

@@ -214,3 +214,25 @@ def draw_neighbours(train_feats, train, test_feats, test, n_queries: int = 4, k:
     fig.suptitle(title or "nearest training images (cosine similarity)", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def draw_paired(result: dict):
+    """study.compare's paired differences to original: one panel per metric, each seed a dot, the
+    mean with its 95 % t interval as a bar, zero as a line. A bar that crosses zero is no finding."""
+    metrics = list(next(iter(result.values())))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.6 * len(result) + 1.6), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for y, (arm, by_metric) in enumerate(result.items()):
+            p = by_metric.get(m)
+            if not p:
+                continue
+            ax.plot(p["diffs"], [y] * len(p["diffs"]), "o", color="0.6", ms=5, label="one seed" if y == 0 else None)
+            ax.errorbar(p["diff"], y, xerr=p["ci95"] or 0, fmt="D", color="C0", capsize=4,
+                        label="mean, 95 % interval" if y == 0 else None)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(result)), list(result))
+        ax.set_title(f"{m}: arm minus original (points)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

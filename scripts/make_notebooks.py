@@ -1,4 +1,4 @@
-"""Write notebooks/00-05 from the cell texts below, so 01 and 02 cannot drift apart.
+"""Write notebooks/00-06 from the cell texts below, so 01 and 02 cannot drift apart.
 
     python scripts/make_notebooks.py                  # write the notebooks without outputs
     python scripts/make_notebooks.py --store-outputs  # then run them on the smoke preset and keep the
@@ -297,6 +297,57 @@ NOTEBOOKS = {
            "share on common axes, extra terms in their own panel), `results.png`, `compare.md`, `compare.json`; "
            "every run's `results.json` now also holds the reconstruction metrics under `recon`, keyed to its encoder."),
         code("print((paths.compare / 'compare.md').read_text())"),
+    ],
+    "06_try_your_idea.ipynb": head(
+        "06 - Try your own idea: a loss term of yours against the original MAE",
+        "Published MAE variants each forked a whole codebase to add one term to the loss, and their gains are "
+        "often a fraction of a point with no spread reported. Here a term is a function in a cell. This "
+        "notebook defines one, checks it on one batch, trains the paper's MAE with and without it at the same "
+        "seeds, and says how large the difference is, how sure we can be, and how many seeds a firmer answer "
+        "needs. The study in the README was built from the same parts (`mh.study`).",
+        DATA_PARAMS, "seeds = 2             # paired seeds: original and your arm train at each\n"
+                     "steps = None          # pretraining steps per run; None: one epoch of the preset\n"
+                     "weight = 0.1          # the weight of your term in the loss") + [
+        md("## 1. Write the term\nA term receives what the objective has (`x.pred` and `x.target` in the "
+           "target space, `x.mask`, the encoder's `x.tokens` after its final norm) and returns one number. The "
+           "example is a **variance floor** in the spirit of VICReg (Bardes et al., 2022): for each feature "
+           "dimension of the mean-pooled encoder features, the standard deviation across the batch should be at "
+           "least 1; the term is the mean shortfall. It pushes against dimensional collapse, the failure the "
+           "study's best arm (a uniformity term) also fights. `x.pooled()` gives the features of the whole batch "
+           "(of every process under torchrun), so a term that compares samples sees all of them."),
+        code("import torch\nimport torch.nn.functional as F\nfrom maehelpers.losses import register_term\n\n"
+             "@register_term(\"var_floor\")\n"
+             "def var_floor(x):\n"
+             "    std = x.pooled(\"mean\").std(dim=0)      # (D,): spread of each feature across the batch\n"
+             "    return F.relu(1.0 - std).mean()"),
+        md("## 2. Check it on one batch\nA fresh model, one batch: the term must be a finite scalar and its "
+           "gradient must reach the encoder (a term that only touches the decoder cannot change the features "
+           "that the probes read)."),
+        check("arm = (\"original\", {\"variant.extra_terms\": ((\"var_floor\", weight),)})\n"
+              "cfg = mh.make_config(*arm[:1], preset, dataset, seed, arm[1])\n"
+              "checked = nb.check_term(\"var_floor\", cfg, paths)\n"
+              "print({k: v for k, v in checked.items() if k != 'value'})"),
+        code("print(f\"value on one batch of the untrained model: {checked['value']:.4f}\")"),
+        md("## 3. A small paired study\nEach seed fixes the data order, the crops, the masks and the "
+           "initialisation, so `original` and your arm differ only by your term: the differences are paired by "
+           "seed, which removes most of the run-to-run noise. Finished runs are reused (in Colab the records live "
+           "on Drive, so a disconnect loses nothing); after each run the measured time says how long the rest "
+           "takes. The headline is k-NN on the mean-pooled features, as in the study."),
+        code("result = mh.study.compare({\"var_floor\": arm}, seeds=range(seed, seed + seeds), steps=steps,\n"
+             "                          dataset=dataset, preset=preset, device=paths.device,\n"
+             "                          records=paths.runs_root / \"study\" / \"records.jsonl\",\n"
+             "                          runs_root=paths.runs_root / \"study\", data_root=paths.data_root)"),
+        md("## 4. Is the difference bigger than the noise?\nEach grey dot is one seed's difference; the bar is "
+           "the 95 % interval of their mean. With two or three seeds the interval is wide: the line under the "
+           "picture says the smallest effect these seeds could detect, and how many seeds a narrower interval "
+           "needs (from the spread measured here)."),
+        code("nb.show_paired(result)"),
+        md("## 5. Next\nA longer study of the same arm runs from the command line, the term imported from a "
+           "module of yours: `python -m maehelpers study run --import mymodule --arms-file arms.json --arms "
+           "var_floor original --seeds 0 1 2 3 4 5 6 7 8 9`, then `python -m maehelpers study verify ...` reruns "
+           "any record and compares. `python -m maehelpers study seeds --half-width 0.5` says, from the "
+           "project's own records, how many seeds such a claim needs. A mask-ratio schedule of your own "
+           "registers the same way (`maehelpers.masking.register_schedule`)."),
     ],
 }
 
