@@ -1,4 +1,4 @@
-"""Command line: `python -m maehelpers {run,pretrain,evaluate,study} ...` (see `--help`)."""
+"""Command line: `python -m maehelpers {run,pretrain,evaluate,study,export} ...` (see `--help`)."""
 import argparse
 import ast
 import json
@@ -54,10 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", default="lp,knn,ft", help="comma-separated: lp, knn, ft")
     e.add_argument("--force", action="store_true", help="redo steps that already have results")
 
+    x = sub.add_parser("export", help="a run as a timm encoder or a Hugging Face ViTMAEForPreTraining, with a model card")
+    x.add_argument("run", help="the run folder, e.g. runs/original")
+    x.add_argument("--to", choices=("timm", "hf"), required=True)
+    x.add_argument("out", help="the folder to write")
+    x.add_argument("--img-size", type=int, help="timm: another image size (position embeddings interpolated)")
+
     s = sub.add_parser("study", add_help=False, help="the seeded study: run | report | verify | refresh-recon | seeds "
                                                      "(python -m maehelpers study --help)")
     s.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def export_command(args) -> None:
+    from .export import export_hf, export_timm
+    try:
+        out = export_timm(args.run, args.out, args.img_size) if args.to == "timm" else export_hf(args.run, args.out)
+    except ImportError as e:
+        raise ValueError(f"{e.name or e}: the export needs the optional packages, pip install -e .[export]") from e
+    print(f"wrote {out}/ (model card: {out}/README.md)")
 
 
 def study_command(argv) -> int:
@@ -118,7 +133,9 @@ def main(argv=None) -> int:
     try:
         if args.command == "study":
             return study_command(args.rest)
-        if args.command == "run":
+        if args.command == "export":
+            export_command(args)
+        elif args.command == "run":
             run_command(args)
         elif args.command == "evaluate":
             evaluate_command(args)

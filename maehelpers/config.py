@@ -57,6 +57,7 @@ class TrainConfig:
     amp: bool = True                     # mixed precision on CUDA (bf16 on cc >= 8.0, else fp16); never on CPU
     log_every: int = 0                   # steps between loss checks / log writes; 0 = 1 on CPU, 25 on CUDA
     accum_iter: int = 1                  # micro-batches per step (memory only: batch_size stays the step's batch)
+    tensorboard: bool = True             # TensorBoard logs in <run>/tensorboard/ where the package is installed
 
     @property
     def lr(self) -> float:
@@ -297,7 +298,7 @@ def from_dict(d: dict) -> PretrainConfig:
 
 # what may differ between a checkpoint and the resuming config without changing the trajectory
 # (precision, the other thing train.amp decides, is checked on its own when resuming)
-RESUME_FREE = ("train.save_every", "train.amp", "train.log_every", "train.accum_iter", "eval.")
+RESUME_FREE = ("train.save_every", "train.amp", "train.log_every", "train.accum_iter", "train.tensorboard", "eval.")
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -148,7 +148,8 @@ def laplacian_term(x: TermInputs) -> torch.Tensor:
 @register_term("uniformity")
 def uniformity_term(x: TermInputs) -> torch.Tensor:
     features, v = x.pooled(x.variant.uniformity_features), x.variant
-    return uniformity_wang_isola(features, v.uniformity_t) if v.uniformity_form == "wang_isola" else uniformity_umae(features)
+    form = UNIFORMITY[v.uniformity_form]
+    return form(features, v.uniformity_t) if v.uniformity_form == "wang_isola" else form(features)
 
 
 def loss_terms(variant) -> list:

@@ -225,12 +225,13 @@ class _StepLog:
     it checks finiteness and, under fp16, the GradScaler's scale (always before a checkpoint)."""
 
     def __init__(self, run_dir: Path, state: _State, every: int, bar, ckpt_path: Path, amp: bool, w: World,
-                 sigint: dict, write: bool = True):
+                 sigint: dict, write: bool = True, board=None):
         self.slog, self.elog = (open(run_dir / name, "a") if write else io.StringIO()
                                 for name in ("log_steps.jsonl", "log_epochs.jsonl"))
         self.state, self.every, self.bar, self.ckpt_path, self.amp = state, every, bar, ckpt_path, amp
         self.w, self.sigint, self.stop = w, sigint, False
         self.pending, self.scale, self.epoch_skipped, self.eta_start = [], None, 0, None
+        self.board = board  # a TensorBoard SummaryWriter, or None
 
     def add(self, row: dict, loss, parts, scale=None) -> None:
         """scale: the GradScaler's scale after this step (a device tensor), or None without fp16."""
@@ -257,6 +258,10 @@ class _StepLog:
             if scale is not None:
                 self._check_scale(row, scale)
             self.slog.write(json.dumps(row) + "\n")
+            if self.board is not None:
+                for key in ("loss", *parts, "lr", "mask_ratio", "loss_scale"):
+                    if key in row:
+                        self.board.add_scalar(f"train/{key}", row[key], row["step"])
             self.state.epoch_loss, self.state.epoch_count = self.state.epoch_loss + vals[0], self.state.epoch_count + 1
         self.bar.update(len(self.pending))
         self.bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{row['lr']:.2e}", mask=f"{row['mask_ratio']:.2f}")
@@ -303,6 +308,8 @@ class _StepLog:
         self.slog.close()
         self.elog.close()
         self.bar.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: bool = True,
@@ -451,7 +458,8 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     first_step, per_rank = state.step, t.batch_size // w.size
     micro = per_rank // t.accum_iter
     with deferred_sigint() as sigint:
-        log = _StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None, w, sigint, write=w.main)
+        board = tensorboard_writer(run_dir, t, w)
+        log = _StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None, w, sigint, write=w.main, board=board)
         try:
             order = None
             while state.step < end_step:
@@ -473,6 +481,8 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                 _report_eta(log, state.step - first_step, t0, end_step - state.step, device, cfg.preset, progress)
                 if state.step % steps_per_epoch == 0:
                     log.end_epoch(state.step, epoch + 1, elapsed())
+                    if board is not None:
+                        board_reconstructions(board, model, data.images[:4], cfg.model.img_size, state.step)
                     if (epoch + 1) % t.save_every == 0 or state.step == end_step:
                         save(elapsed())
                 if log.stop:
@@ -489,6 +499,28 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     if state.step < total_steps:
         return {"status": "paused", "step": state.step, "total_steps": total_steps}
     return _finish(cfg, run_dir, model, seconds, total_steps, len(data), device, run["precision"], w, state) if w.main else {}
+
+
+def tensorboard_writer(run_dir: Path, t, w: World):
+    """A SummaryWriter on run_dir/tensorboard (rank 0, train.tensorboard on), or None where the
+    tensorboard package is not installed: the run goes on with its JSON logs alone."""
+    if not (t.tensorboard and w.main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+@torch.no_grad()
+def board_reconstructions(board, model, images_u8, img_size: int, step: int) -> None:
+    """One reconstruction grid per epoch, always the same images under the same masks."""
+    from .viz import draw_recon_grid
+    model.eval()
+    fig, _, _ = draw_recon_grid({"model": model}, images_u8, img_size, pasted=False)
+    board.add_figure("reconstructions", fig, step)
+    model.train()
 
 
 def _report_eta(log, done: int, t0: float, remaining: int, device, preset: str, progress: bool) -> None:

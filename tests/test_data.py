@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from maehelpers.data import (FASHION_SYSTEM_DIR, DataError, augment, denormalize, load_dataset,
-                             normalize, prepare, read_idx)
+from maehelpers.data import (DataError, FASHION_SYSTEM_DIR, augment, denormalize, load_dataset, normalize, prepare,
+                             read_idx)
 
 
 def test_stl10_reader_reads_generated_binary_layout(stl10_root):
@@ -101,3 +101,32 @@ def test_unknown_dataset_and_split():
         load_dataset("imagenet", "train")
     with pytest.raises(ValueError, match="valid: pretrain"):
         load_dataset("synthetic", "val")
+
+
+def test_empty_stl10_label_file_is_a_clear_error(stl10_root):
+    root, _ = stl10_root
+    (root / "stl10_binary" / "train_y.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="0 labels for 40 images"):
+        load_dataset("stl10", "train", root, download=False)
+
+
+def test_pictures_beside_class_folders_are_refused_for_labelled_splits(tmp_path):
+    from PIL import Image
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / cls / "a.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "loose.png")
+    with pytest.raises(DataError, match="loose.png.*no class"):
+        load_dataset("folder", "train", tmp_path)
+    assert len(load_dataset("folder", "pretrain", tmp_path)) == 3
+
+
+def test_random_resized_crop_really_crops():
+    # a horizontal ramp: a crop narrower than the image spans a narrower range of values
+    ramp = torch.linspace(0, 255, 64).round().to(torch.uint8).expand(16, 1, 64, 64).contiguous()
+    full = denormalize(augment(ramp, 32, scale=(1.0, 1.0), ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(0)))
+    small = denormalize(augment(ramp, 32, scale=(0.1, 0.1), ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(0)))
+    span = lambda x: (x[:, 0, 0].amax(1) - x[:, 0, 0].amin(1))  # noqa: E731
+    assert (span(full) > 0.9).all()
+    assert (span(small) < 0.4).all()                              # sqrt(0.1) ~ 0.32 of the width
+    assert len({round(v, 3) for v in small[:, 0, 0, 16].tolist()}) > 4   # different crops per image

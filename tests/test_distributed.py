@@ -7,7 +7,6 @@ measured for `improved`). A real fault lands well outside: a uniformity term com
 own rows instead of the gathered global batch moved the weights by 3.3e-4 (measured, `improved`).
 """
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from maehelpers.config import make_config
 from maehelpers.pretrain import pretrain

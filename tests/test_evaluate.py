@@ -1,19 +1,24 @@
 import json
 import math
+import subprocess
+import sys
 
+import numpy as np
+from PIL import Image
 import pytest
 import torch
-from PIL import Image
 
 from maehelpers.config import make_config
-from maehelpers.data import load_dataset
-from maehelpers.evaluate import (compare_runs, evaluate_run, finetune, knn_top1, linear_probe,
-                                 make_scratch_run, recon_run)
-from maehelpers.metrics import PSNR_CAP, masked_hf_error, masked_psnr, reconstruct
-from maehelpers.model import MAE
-from maehelpers.pretrain import load_mae, pretrain
-from maehelpers.runs import load_torch, read_results
-from maehelpers.viz import draw_recon_grid, plot_curves, plot_results, recon_grid
+from maehelpers.data import IMAGENET_STD, ImageSet, denormalize, load_dataset, prepare
+import maehelpers.evaluate as ev
+from maehelpers.evaluate import (cached_features, compare_runs, evaluate_run, finetune, knn_top1, linear_probe,
+                                 make_scratch_run, param_groups_lrd, recon_run)
+from maehelpers.metrics import PSNR_CAP, masked_hf_error, masked_psnr, reconstruct, reconstruction_metrics, to_display
+from maehelpers.model import MAE, ViTClassifier
+import maehelpers.pretrain as P
+from maehelpers.pretrain import load_encoder, load_mae, pretrain
+from maehelpers.runs import load_torch, read_jsonl, read_results
+from maehelpers.viz import draw_curves, draw_recon_grid, draw_results, plot_curves, plot_results, recon_grid
 from maehelpers.widgets import Inspector, draw_inspector
 
 
@@ -192,3 +197,145 @@ def test_evaluate_run_merges_and_skips_finished_steps(two_runs, tmp_path):
     assert rows[1]["ft_top1"] == read_results(scratch)["ft_top1"] and rows[1]["ft_recipe"] == "scratch"
     assert "| original |" in (tmp_path / "compare" / "compare.md").read_text()
     assert json.loads((tmp_path / "compare" / "compare.json").read_text())["variants"] == rows
+
+
+def _cli(*args, cwd):
+    out = subprocess.run([sys.executable, "-m", "maehelpers", *args], capture_output=True, text=True,
+                         timeout=600, cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    return out.stdout + out.stderr
+
+
+def test_psnr_floor_is_the_patch_mean_hand_value():
+    # a 2x2 patch whose normalised pixels (all channels) are a checkerboard of -1 and +1: a decoder
+    # that outputs zeros is filled with the patch mean 0, so every pixel is off by 1 in normalised
+    # space, i.e. by the channel's std in display space: MSE = mean(std^2), PSNR = -10 log10 of it
+    model = MAE(img_size=2, patch_size=2, embed_dim=8, depth=1, num_heads=1, decoder_embed_dim=8,
+                decoder_depth=1, decoder_num_heads=1)
+    imgs = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).expand(1, 3, 2, 2)
+    mask = torch.ones(1, 1)
+    original, _, floor, _, pm = to_display(model, imgs, torch.zeros(1, 1, 12), mask)
+    assert torch.allclose(floor, denormalize(torch.zeros(1, 3, 2, 2)), atol=1e-6)
+    std2 = sum(s * s for s in IMAGENET_STD) / 3
+    assert masked_psnr(floor, original, pm).item() == pytest.approx(-10 * math.log10(std2), abs=1e-3)
+
+
+def test_zero_decoder_scores_exactly_the_floor():
+    """A decoder that outputs zeros (norm-pix space) is the patch-mean predictor: its PSNR equals
+    the reported floor, and its masked loss is the target's variance, (n - 1) / n per patch."""
+    torch.manual_seed(0)
+    model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+                decoder_depth=1, decoder_num_heads=2)
+    torch.nn.init.zeros_(model.decoder_pred.weight)
+    torch.nn.init.zeros_(model.decoder_pred.bias)
+    images = load_dataset("synthetic", "test").images[:16]
+    m = reconstruction_metrics(model, images, 32)
+    assert m["psnr_masked"] == pytest.approx(m["psnr_masked_floor"], abs=1e-3)
+    assert m["hf_error_masked"] == pytest.approx(m["hf_error_floor"], abs=1e-5)
+    n = 8 * 8 * 3  # unbiased per-patch variance: mean of squares of a normalised patch = (n - 1) / n
+    assert m["nmse_masked"] == pytest.approx((n - 1) / n, abs=2e-3)
+
+
+def test_scratch_fine_tunes_without_layer_decay(tmp_path, monkeypatch):
+    seen = []
+    real = ev.param_groups_lrd
+    monkeypatch.setattr(ev, "param_groups_lrd", lambda m, wd, decay: seen.append(decay) or real(m, wd, decay))
+    cfg = make_config("original", "smoke", "synthetic")
+    pretrain(cfg, tmp_path / "original", progress=False)
+    scratch = make_scratch_run(cfg, tmp_path / "scratch")
+    evaluate_run(tmp_path / "original", steps=("ft",), progress=False)
+    evaluate_run(scratch, steps=("ft",), progress=False)
+    assert seen == [0.75, 1.0]
+    assert "no layer-wise" in read_results(scratch)["ft"]["recipe"]
+    assert read_results(scratch)["ft"]["layer_decay"] == 1.0
+
+
+def test_retrained_run_is_evaluated_again_not_shown_stale(tmp_path):
+    common = ["--preset", "smoke", "--dataset", "synthetic", "--runs-root", str(tmp_path / "runs")]
+    _cli("pretrain", *common, "--seed", "0", "--no-progress", cwd=tmp_path)
+    _cli("evaluate", *common, "--steps", "lp,knn", cwd=tmp_path)
+    run = tmp_path / "runs" / "original"
+    first = read_results(run)
+    for f in ("checkpoint_last.pt", "encoder_pretrained.pt"):
+        (run / f).unlink()
+    _cli("pretrain", *common, "--seed", "1", "--no-progress", cwd=tmp_path)
+    assert "lp_top1" not in read_results(run)          # the old encoder's scores are gone at once
+    out = _cli("evaluate", *common, "--steps", "lp,knn", cwd=tmp_path)
+    second = read_results(run)
+    assert "original: lp reused" not in out
+    assert second["lp"]["key"]["encoder"] == ev.file_key(run / "encoder_pretrained.pt") != first["lp"]["key"]["encoder"]
+    assert second["knn_top1_cls"] != first["knn_top1_cls"] or second["lp_top1_cls"] != first["lp_top1_cls"]
+    again = _cli("evaluate", *common, "--steps", "lp,knn", cwd=tmp_path)
+    assert "original: lp reused" in again and "original: knn reused" in again
+    changed = evaluate_run(run, steps=("lp",), progress=False, overrides={"eval.lp_epochs": 2})
+    assert changed["lp"]["key"]["epochs"] == 2          # a changed setting recomputes
+
+
+def test_cached_features_are_keyed_by_the_images_not_their_count(tmp_path):
+    cfg = make_config("original", "smoke", "synthetic")
+    pretrain(cfg, tmp_path / "run", progress=False)
+    a = ImageSet(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), [], "folder")
+    b = ImageSet(torch.full((8, 3, 32, 32), 200, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), [], "folder")
+    fa = cached_features(tmp_path / "run", a, "train", progress=False)
+    fb = cached_features(tmp_path / "run", b, "train", progress=False)
+    assert not torch.allclose(fa["cls"], fb["cls"])
+
+
+def test_curves_compare_the_shared_term_and_keep_extra_terms_apart(tmp_path):
+    for variant in ("original", "improved"):
+        pretrain(make_config(variant, "smoke", "synthetic"), tmp_path / variant, progress=False)
+    fig = draw_curves([tmp_path / "original", tmp_path / "improved"])
+    shared, extra = fig.axes[0], fig.axes[1]
+    mse = [r["mse"] for r in read_jsonl(tmp_path / "improved" / "log_steps.jsonl")]
+    assert list(shared.lines[1].get_ydata()) == mse       # the masked MSE, not the total
+    assert sorted(line.get_label() for line in extra.lines) == ["improved: laplacian", "improved: uniformity"]
+
+
+def test_results_chart_draws_no_bar_for_a_missing_metric_and_shows_seed_spread():
+    rows = [{"variant": "original", "seeds": [0, 1], "lp_top1": 60.0, "lp_top1_sd": 2.0, "ft_top1": None},
+            {"variant": "improved", "seeds": [0], "lp_top1": 62.0, "ft_top1": 70.0}]
+    fig = draw_results(rows, metrics=("lp_top1", "ft_top1"))
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights[:2] == [60.0, 62.0] and np.isnan(heights[2]) and heights[3] == 70.0
+    assert "2 seeds" in ax.get_xticklabels()[0].get_text() and "1 seed" in ax.get_xticklabels()[1].get_text()
+
+
+def test_compare_table_shows_spread_over_seeds_and_blanks(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        cfg = make_config("original", "smoke", "synthetic", seed=seed)
+        pretrain(cfg, tmp_path / f"original_s{seed}", progress=False)
+        evaluate_run(tmp_path / f"original_s{seed}", steps=("knn",), progress=False)
+        runs.append(tmp_path / f"original_s{seed}")
+    rows = ev.compare_runs(runs, tmp_path / "compare")
+    vals = [read_results(r)["knn_top1"] for r in runs]
+    assert rows[0]["seeds"] == [0, 1] and rows[0]["knn_top1"] == pytest.approx(sum(vals) / 2)
+    table = (tmp_path / "compare" / "compare.md").read_text()
+    assert f"{sum(vals) / 2:.2f} ± " in table and "| - |" in table  # spread shown; ft not measured: blank
+
+
+def test_probe_features_come_from_the_checkpoint_weights(tmp_path):
+    cfg = make_config("original", "smoke", "synthetic")
+    pretrain(cfg, tmp_path / "run", progress=False)
+    data = load_dataset("synthetic", "test", max_images=16)
+    feats = cached_features(tmp_path / "run", data, "test", progress=False)
+    trained, _ = load_encoder(tmp_path / "run" / "encoder_pretrained.pt")
+    x = prepare(data.images, 32)
+    with torch.no_grad():
+        assert torch.allclose(feats["cls"], trained.eval().forward_features(x, "cls"), atol=1e-5)
+        fresh = P.build_model(cfg).eval()
+        assert not torch.allclose(feats["cls"], fresh.forward_features(x, "cls"), atol=1e-3)
+
+
+def test_layer_decay_gives_the_official_scale_at_every_depth():
+    model = ViTClassifier(10, img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
+    groups = param_groups_lrd(model, 0.05, 0.5)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    # 3 blocks: num_layers = 4; patch embed / cls / pos = layer 0 -> 0.5^4, block i -> 0.5^(3 - i), head -> 1
+    expected = {"patch_embed.proj.weight": 0.0625, "cls_token": 0.0625, "pos_embed": 0.0625,
+                "blocks.0.attn.qkv.weight": 0.125, "blocks.1.mlp.fc1.bias": 0.25, "blocks.2.norm1.weight": 0.5,
+                "fc_norm.weight": 1.0, "head.weight": 1.0}
+    for name, value in expected.items():
+        assert scale[id(names[name])] == pytest.approx(value), name

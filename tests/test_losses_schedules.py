@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from maehelpers.config import VARIANTS, make_config
-from maehelpers.losses import (laplacian_loss, masked_mse, patch_laplacian, pretrain_loss,
-                               uniformity_umae, uniformity_wang_isola)
+import maehelpers.losses as L
+from maehelpers.losses import (laplacian_loss, masked_mse, patch_laplacian, pretrain_loss, uniformity_umae,
+                               uniformity_wang_isola)
 from maehelpers.masking import mask_ratio_at
 from maehelpers.model import MAE
 from maehelpers.pretrain import lr_at, param_groups
@@ -221,3 +222,54 @@ def test_a_registered_schedule_is_used_at_every_step():
         SCHEDULES.pop("test_step_up")
     with pytest.raises(ValueError, match="unknown mask schedule 'test_step_up'"):
         make_config("original", "smoke", "synthetic", 0, {"variant.mask_schedule": "test_step_up"})
+
+
+def small_mae(seed=0, **kw):
+    torch.manual_seed(seed)
+    return MAE(**{**dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
+                         decoder_depth=1, decoder_num_heads=2), **kw}).eval()
+
+
+def test_loss_terms_are_computed_in_fp32_under_autocast(monkeypatch):
+    torch.manual_seed(0)
+    model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+                decoder_depth=1, decoder_num_heads=2)
+    variant = make_config("improved", "smoke", "synthetic", overrides={"variant.uniformity_form": "umae"}).variant
+    imgs, noise = torch.randn(8, 3, 32, 32), torch.rand(8, 16)
+    seen = {}
+    monkeypatch.setitem(L.UNIFORMITY, "umae", lambda f: seen.setdefault("f", f) is f and uniformity_umae(f))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, parts, pred, mask = pretrain_loss(model, imgs, 0.75, variant, noise)
+    target = model.target(imgs)
+    exact = laplacian_loss(pred.float(), target, mask, 8, 3)  # outside autocast: fp32 throughout
+    assert parts["laplacian"].dtype == torch.float32
+    assert parts["laplacian"].item() == pytest.approx(exact.item(), rel=1e-6)
+    assert parts["uniformity"].item() == pytest.approx(uniformity_umae(seen["f"].float()).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"variant.uniformity_weight": 0.01, "train.batch_size": 1}, "batch_size must be >= 2"),
+    ({"variant.mask_ratio": 0.0, "variant.mask_ratio_start": 0.0}, "masks no patch"),
+    ({"train.warmup_epochs": 2}, "warmup_epochs .* must be shorter"),
+])
+def test_bad_settings_are_refused_before_any_work(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_config("original", "smoke", "synthetic", overrides=overrides)
+
+
+def test_a_changed_variant_gets_a_name_of_its_own():
+    cfg = make_config("laplacian", "smoke", "synthetic", overrides={"variant.laplacian_weight": 0.5})
+    assert cfg.variant.name == "laplacian+laplacian_weight=0.5"
+    named = make_config("laplacian", "smoke", "synthetic",
+                        overrides={"variant.laplacian_weight": 0.5, "variant.name": "lap10"})
+    assert named.variant.name == "lap10"
+
+
+def test_uniformity_gradient_reaches_the_encoder():
+    model = small_mae()
+    variant = make_config("uniformity", "smoke", "synthetic").variant
+    _, parts, _, _ = L.pretrain_loss(model.train(), torch.randn(8, 3, 32, 32), 0.75, variant, torch.rand(8, 16))
+    parts["uniformity"].backward()
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert model.decoder_pred.weight.grad is None or model.decoder_pred.weight.grad.abs().sum() == 0

@@ -14,7 +14,8 @@ from conftest import write_fake_stl10
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 NAMES = ["00_data", "01_pretrain_original", "02_pretrain_improved", "03_linear_probe", "04_finetune",
-         "05_visualize"]
+         "05_visualize", "06_try_your_idea"]
+SERIES = NAMES[:6]  # what `python -m maehelpers run` executes; 06 runs with --only 06
 
 
 def load(name):
@@ -42,7 +43,7 @@ def test_committed_notebook_structure(name):
     evaluating = name[:2] in ("03", "04", "05")  # these read dataset, preset and seed from each run
     for key in ("dataset", "preset", "seed"):
         assert (f"\n{key} = " in "\n" + params) != evaluating, key
-    assert ("\nforce = " in "\n" + params) == (name[:2] != "00")   # 00 writes nothing to redo
+    assert ("\nforce = " in "\n" + params) == (name[:2] not in ("00", "06"))   # 00 writes nothing; 06 reuses its records
     assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"]
     url = next(line.split("=", 1)[1].strip().strip('"') for line in (ROOT / "pyproject.toml").read_text().splitlines()
                if line.startswith("Repository"))
@@ -98,13 +99,14 @@ def test_papermill_runner_stops_names_the_cell_and_resumes(tmp_path):
     assert bad.returncode == 2
     assert "03_linear_probe.ipynb failed in cell" in bad.stderr and "lp_epochs" in bad.stderr
     runs = tmp_path / "runs"
-    for name in NAMES[:3]:
+    for name in SERIES[:3]:
         assert (runs / "executed" / f"{name}.ipynb").exists()
     done = {v: (runs / v / "checkpoint_last.pt").stat().st_mtime_ns for v in ("original", "improved")}
     good = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert good.returncode == 0, good.stderr[-3000:]
     assert {v: (runs / v / "checkpoint_last.pt").stat().st_mtime_ns for v in done} == done  # not redone
-    for name in NAMES:
+    assert not (runs / "executed" / "06_try_your_idea.ipynb").exists()
+    for name in SERIES:
         executed = nbformat.read(runs / "executed" / f"{name}.ipynb", as_version=4)
         assert all(o.output_type != "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     for variant in ("original", "improved", "scratch"):

@@ -121,8 +121,10 @@ def test_readme_tables_are_the_committed_records():
     number edited by hand, or records added without regenerating the tables, fails here."""
     records = study.read_records(ROOT / "benchmarks" / "results" / "ablation_runs.jsonl", "fashion_mnist", "ablation")
     readme = (ROOT / "README.md").read_text()
-    start, end = (readme.index(m) for m in study_report.README_MARKS)
-    assert readme[start + len(study_report.README_MARKS[0]):end].strip() == study_report.readme_tables(study_report.summarise(records)).strip()
+    for marks, text in ((study_report.README_MARKS, study_report.readme_tables(study_report.summarise(records))),
+                        (study_report.ANALYSES_MARKS, study_report.analyses_markdown(records))):
+        start, end = (readme.index(m) for m in marks)
+        assert readme[start + len(marks[0]):end].strip() == text.strip()
 
 
 def test_readme_tables_replace_only_their_block(tmp_path):
