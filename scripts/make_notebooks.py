@@ -340,7 +340,8 @@ NOTEBOOKS = {
         md("## 4. Is the difference bigger than the noise?\nEach grey dot is one seed's difference; the bar is "
            "the 95 % interval of their mean. With two or three seeds the interval is wide: the line under the "
            "picture says the smallest effect these seeds could detect, and how many seeds a narrower interval "
-           "needs (from the spread measured here)."),
+           "needs (from the spread measured here). A bar wholly below zero is a finding too: the idea hurts, at "
+           "this weight and budget."),
         code("nb.show_paired(result)"),
         md("## 5. Next\nA longer study of the same arm runs from the command line, the term imported from a "
            "module of yours: `python -m maehelpers study run --import mymodule --arms-file arms.json --arms "
