@@ -244,8 +244,8 @@ def append_record(record: dict, path) -> None:
 def plan(args, records) -> list[tuple]:
     """The (arm, seed, steps) runs that a stage asks for, finished ones left out."""
     steps = args.steps
-    if args.arms:
-        todo = [(a, s, steps) for s in args.seeds or [0] for a in args.arms]
+    if args.arms:  # raw pixels have no seed: one record (seed 0) whatever seeds are asked for
+        todo = [(a, 0 if a == "raw_pixels" else s, steps) for s in args.seeds or [0] for a in args.arms]
     elif args.stage == "heldout":  # seed-major, so that every arm grows together
         todo = [(a, s, steps) for s in args.seeds or HELDOUT_SEEDS for a in HELDOUT_ARMS]
     elif args.stage == "dose":
