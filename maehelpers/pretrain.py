@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 
 from .config import RESUME_FREE, PretrainConfig, config_diff, from_dict, to_dict, validate
 from .data import augment, epoch_order, load_dataset, prepare
+from .distributed import (World, agreed, barrier, device_for, gather_objects, local_main_first, mean_over_ranks,
+                          sum_over_ranks, world)
 from .losses import check_terms, loss_terms, pretrain_loss
 from .masking import mask_ratio_at
 from .model import MAE, encoder_state_dict
-from .distributed import (World, agreed, barrier, device_for, gather_objects, local_main_first, mean_over_ranks,
-                          sum_over_ranks, world)
 from .runs import (EVAL_KEYS, CheckpointError, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl,
                    read_results, run_lock, save_json, save_torch, write_text)
 
@@ -193,8 +193,9 @@ def _step_inputs(cfg, images_u8, step: int, total_steps: int, num_patches: int, 
 def _train_step(objective, optimizer, scaler, micro_inputs, accum: int, lr, dtype, log, step: int, w: World):
     """One update from `accum` micro-batches (micro_inputs(k) -> images, noise, ratio), gradients
     summed locally and synchronised across ranks once, at the last one. Returns this rank's loss and
-    loss terms, detached, on the device, and the step's mask ratio. When the log checks every step (CPU) a non-finite loss stops
-    before the update; on CUDA the check waits for the next log flush, so no step waits for the GPU."""
+    loss terms, detached, on the device, and the step's mask ratio. When the log checks every step
+    (CPU) a non-finite loss stops before the update; on CUDA the check waits for the next log flush,
+    so no step waits for the GPU."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
@@ -209,7 +210,7 @@ def _train_step(objective, optimizer, scaler, micro_inputs, accum: int, lr, dtyp
                 everyone = mean_over_ranks(loss.detach(), w).item()  # the same on every rank: all stop together
                 if not math.isfinite(everyone):
                     log.non_finite(step, everyone, "stopped before updating the weights",
-                                   {k: v.item() for k, v in parts.items()})
+                                   {name: v.item() for name, v in parts.items()})
             scaler.scale(loss / accum).backward()
         total = total + loss.detach() / accum
         terms = {name: terms.get(name, 0.0) + v.detach() / accum for name, v in parts.items()}
