@@ -38,7 +38,9 @@ def paired(base: dict, arm: dict) -> dict | None:
     seeds = sorted(set(base) & set(arm))
     if not seeds:
         return None
-    return {**mean_interval([arm[s] - base[s] for s in seeds]), "seeds": seeds}
+    diffs = [arm[s] - base[s] for s in seeds]
+    return {**mean_interval(diffs), "seeds": seeds, "diffs": diffs,
+            "base_mean": statistics.fmean(base[s] for s in seeds)}
 
 
 def holm(pvalues: dict) -> dict:

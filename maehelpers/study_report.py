@@ -53,7 +53,8 @@ def summarise(records: dict) -> list[dict]:
             row[m], row[f"{m}_n"] = statistics.fmean(vals.values()), len(vals)
             row[f"{m}_sd"] = statistics.stdev(vals.values()) if len(vals) > 1 else None
             if arm != "original" and arm != "raw_pixels":
-                row[f"{m}_vs_original"] = paired({s: r[m] for s, r in base.items() if r.get(m) is not None}, vals)
+                base_vals = {s: r[m] for s, r in base.items() if r.get(m) is not None}
+                row[f"{m}_vs_original"], row[f"{m}_base_n"] = paired(base_vals, vals), len(base_vals)
         row["ft_epochs"] = next((r["ft_epochs"] for r in by_seed.values() if r.get("ft_epochs")), None)
         row["under_load"] = any(r.get("under_load") for r in by_seed.values())
         rows.append(row)
@@ -104,10 +105,15 @@ def fmt_value(row, m, digits=2) -> str:
 
 
 def fmt_diff(row, m) -> str:
+    """Δ ± 95 % half-width; where the arm has fewer seeds than original, the baseline it was paired
+    with (original's mean over those seeds) follows, so Δ and the two means agree."""
     p = row.get(f"{m}_vs_original")
     if not p:
         return ""
-    return f"{p['diff']:+.2f}" + (f" ± {p['ci95']:.2f}" if p["ci95"] is not None else " (1 seed)")
+    text = f"{p['diff']:+.2f}" + (f" ± {p['ci95']:.2f}" if p["ci95"] is not None else " (1 seed)")
+    if p.get("base_mean") is not None and row.get(f"{m}_base_n", p["n"]) > p["n"]:
+        text += f" (vs {p['base_mean']:.2f})"
+    return text
 
 
 def markdown(rows) -> str:
@@ -219,6 +225,8 @@ def plot(rows, path, steps: int) -> None:
                 p = r.get(f"{metric}_{pool}_vs_original")
                 if p:
                     off = -0.15 if pool == "mean" else 0.15
+                    ax.plot(p.get("diffs", []), [y + off] * len(p.get("diffs", [])), ".", color=style["color"],
+                            alpha=0.35, ms=4)  # each seed's difference
                     ax.errorbar(p["diff"], y + off, xerr=p["ci95"] or 0, fmt="o", ms=4, capsize=2,
                                 label=f"{pool} pool" if y == 0 else None, **style)
         ax.axvline(0, color="k", lw=0.8)
@@ -231,7 +239,8 @@ def plot(rows, path, steps: int) -> None:
     axes[0].set_yticks(range(len(arms)), [f"{r['arm']} (n={len(r['seeds'])})" for r in arms], fontsize=7)
     axes[0].invert_yaxis()
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{steps} steps; whiskers: paired 95 % t interval over seeds (none with one seed)", fontsize=9)
+    fig.suptitle(f"{steps} steps; small dots: each seed's paired difference; whiskers: 95 % t interval over seeds "
+                 "(none with one seed)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

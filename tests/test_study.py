@@ -61,7 +61,8 @@ def test_paired_difference_and_detectable_effect_hand_values():
     assert p["mde"] == pytest.approx((4.303 + 1.061) / 3 ** 0.5, rel=1e-3)  # + t(0.80, 2) = 1.061
     assert p["p"] == pytest.approx(0.2254, abs=1e-4)                      # t = sqrt(3) on 2 df, two-sided
     assert stats.paired(base, {0: 75.0}) == {"diff": 5.0, "ci95": None, "n": 1, "sd": None, "p": None, "mde": None,
-                                             "seeds": [0]}
+                                             "seeds": [0], "diffs": [5.0], "base_mean": 70.0}
+    assert p["base_mean"] == pytest.approx(72.0) and p["diffs"] == [1.0, 2.0, 0.0]
     assert stats.paired(base, {7: 75.0}) is None
 
 
