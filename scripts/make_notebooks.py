@@ -151,6 +151,12 @@ def pretrain_notebook(variant, title, why):
         md("## Training curves\nThe masked MSE (the term every variant shares), any extra loss terms, the mask "
            "ratio and the learning rate per step, from the run's log."),
         code("from maehelpers.viz import draw_curves\ndraw_curves([paths.runs_root / cfg.variant.name]);"),
+        md("The same curves live, in TensorBoard: pretraining writes every loss term, the lr, the mask ratio (and "
+           "on a T4 the fp16 loss scale) and one reconstruction grid per epoch to `runs/<variant>/tensorboard/`. "
+           "In Colab the cell below shows them here; elsewhere run `tensorboard --logdir runs`."),
+        code("if nb.in_colab():  # Colab ships TensorBoard\n"
+             "    get_ipython().run_line_magic(\"load_ext\", \"tensorboard\")\n"
+             "    get_ipython().run_line_magic(\"tensorboard\", f\"--logdir {paths.runs_root}\")"),
         md("## What was written"),
         code("for f in sorted((paths.runs_root / cfg.variant.name).iterdir()):\n    print(f.name)"),
         md(f"`{variant}/checkpoint_last.pt` holds the full MAE (for resuming and reconstructions), "
@@ -454,10 +460,10 @@ def keep_committed_outputs(notebooks: dict) -> None:
     for name, nb in notebooks.items():
         if not (NB_DIR / name).exists():
             continue
-        old = {c.id: c for c in nbformat.read(NB_DIR / name, as_version=4).cells if c.cell_type == "code"}
-        for cell in nb.cells:
-            if cell.cell_type == "code" and cell.id in old and old[cell.id].source == cell.source:
-                cell.outputs, cell.execution_count = old[cell.id].outputs, old[cell.id].execution_count
+        old = {c.source: c for c in nbformat.read(NB_DIR / name, as_version=4).cells if c.cell_type == "code"}
+        for cell in nb.cells:  # matched by source: a cell added above another must not cost it its outputs
+            if cell.cell_type == "code" and cell.source in old:
+                cell.outputs, cell.execution_count = old[cell.source].outputs, old[cell.source].execution_count
 
 
 def main(argv=None):
