@@ -216,3 +216,20 @@ def test_colab_copies_stl10_from_drive_to_the_runtime_disk_once(tmp_path, monkey
     assert "copying" in capsys.readouterr().out
     assert nb.local_copy(drive) == tmp_path / "content" / "data" and "copying" not in capsys.readouterr().out
     assert nb.local_copy(tmp_path / "empty") == tmp_path / "empty"       # nothing on Drive yet: download there
+
+
+def test_regenerating_keeps_every_cells_outputs_when_a_cell_is_inserted_above_it():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import make_notebooks as mk
+    finally:
+        sys.path.pop(0)
+    notebooks = mk.build(mk.committed_run())
+    nb = notebooks["01_pretrain_original.ipynb"]
+    nb.cells.insert(5, nbformat.v4.new_code_cell("print('a cell added to the story')"))
+    for i, cell in enumerate(nb.cells):           # ids are positions: every later cell's id shifts
+        cell.id = f"01-{i:02d}"
+    mk.keep_committed_outputs(notebooks)
+    committed = {c.source: len(c.outputs) for c in load("01_pretrain_original").cells if c.cell_type == "code"}
+    kept = {c.source: len(c.outputs) for c in nb.cells if c.cell_type == "code" and c.source in committed}
+    assert kept == committed and sum(committed.values()) > 0
