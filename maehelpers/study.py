@@ -424,8 +424,10 @@ def compare(arms: dict, seeds=(0, 1, 2), steps: int | None = 500, dataset: str =
     """Run `original` and each of `arms` ({name: (variant, {dotted overrides})}) at the same seeds,
     budget and data (finished runs are reused), then return, per arm and metric, the paired
     difference to `original` (mean, 95 % interval, p, minimum detectable effect, seeds, and the
-    per-seed differences). steps None: one epoch of the preset."""
-    seeds = tuple(seeds)
+    per-seed differences). steps None: one epoch of the preset. Records and run folders go to
+    runs_root (default runs/study), never to the project's committed records unless asked."""
+    seeds, runs_root = tuple(seeds), Path(runs_root or "runs/study")
+    records = records or runs_root / "records.jsonl"
     argv = ["run", "--arms", "original", *arms, "--seeds", *map(str, seeds), "--steps", str(steps or 0),
             "--dataset", dataset, "--preset", preset, "--device", device]
     for flag, value in (("--records", records), ("--runs-root", runs_root), ("--data-root", data_root)):
@@ -440,11 +442,4 @@ def compare(arms: dict, seeds=(0, 1, 2), steps: int | None = 500, dataset: str =
     found = read_records(Path(args.records), dataset, preset)
     by_arm = lambda a, m: {s: r[m] for (arm, s, st), r in found.items()  # noqa: E731
                            if arm == a and st == steps and s in seeds and r.get(m) is not None}
-    out = {}
-    for arm in arms:
-        out[arm] = {}
-        for m in metrics:
-            base, mine = by_arm("original", m), by_arm(arm, m)
-            p = paired(base, mine)
-            out[arm][m] = p and {**p, "diffs": [mine[s] - base[s] for s in p["seeds"]]}
-    return out
+    return {arm: {m: paired(by_arm("original", m), by_arm(arm, m)) for m in metrics} for arm in arms}
