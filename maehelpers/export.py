@@ -103,7 +103,7 @@ def _block_names(new: bool) -> dict:
 def hf_state(state: dict, hf_keys) -> dict:
     """Our full MAE state dict (official names) in ViTMAEForPreTraining's names and layout."""
     new = any(".layers." in k and "q_proj" in k for k in hf_keys)
-    enc_layers, dec_layers = ("vit.layers", "decoder.decoder_layers") if new else ("vit.encoder.layer", "decoder.decoder_layers")
+    enc_layers, dec_layers = "vit.layers" if new else "vit.encoder.layer", "decoder.decoder_layers"
     sub, out = _block_names(new), {}
     fixed = {"cls_token": "vit.embeddings.cls_token", "pos_embed": "vit.embeddings.position_embeddings",
              "patch_embed.proj.weight": "vit.embeddings.patch_embeddings.projection.weight",

@@ -1,14 +1,20 @@
 """What the notebooks call: one short function per step, so the notebooks stay thin and 01/02
 differ only in their parameters."""
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .config import apply_overrides, to_dict, validate
 from .evaluate import (compare_runs, evaluate_run, find_runs, make_scratch_run, markdown_table, recon_run,
                        run_config, load_eval_data)
-from .pretrain import pick_device, pretrain
+from .data import load_dataset, prepare
+from .losses import pretrain_loss
+from .pretrain import build_model, pick_device, pretrain
+from .stats import seeds_needed
 from .runs import read_results
 
 
@@ -266,11 +272,6 @@ def show_official(vis: dict, paths: Paths, n_images: int = 4, mask_ratio: float 
 def check_term(name: str, cfg, paths: Paths, n: int = 8) -> dict:
     """One batch of `cfg`'s data through a fresh model: the term's value, whether it is a finite
     scalar, and whether its gradient reaches the encoder's first block."""
-    import math
-    import torch
-    from .data import load_dataset, prepare
-    from .losses import pretrain_loss
-    from .pretrain import build_model
     images = load_dataset(cfg.dataset, "pretrain", paths.data_root, max_images=n).images
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
@@ -286,8 +287,7 @@ def check_term(name: str, cfg, paths: Paths, n: int = 8) -> dict:
 def show_paired(result: dict, half_widths=(1.0, 0.5)) -> None:
     """The paired differences of study.compare: a picture (each seed a dot, the 95 % interval a bar)
     and, per metric, the interval, the minimum detectable effect and the seeds a narrower interval needs."""
-    from .stats import seeds_needed
-    from .viz import draw_paired
+    from .viz import draw_paired  # matplotlib only when a picture is drawn
     draw_paired(result)
     for arm, metrics in result.items():
         for m, p in metrics.items():
