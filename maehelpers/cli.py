@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import DATASETS, PRESETS, VARIANTS, make_config
+from .durations import CPU_PRESET, cpu_duration, cpu_paths, run_banner
 
 
 def _overrides(args) -> dict:
@@ -18,8 +19,8 @@ def _overrides(args) -> dict:
     return out
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)} (default paper)")
+def add_common(p: argparse.ArgumentParser, preset: str | None = "paper", preset_help: str = "(default paper)") -> None:
+    p.add_argument("--preset", default=preset, help=f"one of {', '.join(PRESETS)} {preset_help}")
     p.add_argument("--dataset", default="stl10", help=f"one of {', '.join(DATASETS)} (default stl10)")
     p.add_argument("--data-root", default="data", help="where datasets live or are downloaded to")
     p.add_argument("--runs-root", default="runs", help="parent of the run folders")
@@ -43,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any config field, e.g. --set variant.laplacian_weight 0.1")
     p.add_argument("--no-progress", action="store_true")
 
-    r = sub.add_parser("run", help="execute the notebook series 00-05 with papermill")
-    add_common(r)
+    r = sub.add_parser("run", help="execute the notebook series 00-05 with papermill",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"Run notebooks 00-05 in order.\n\nWithout a GPU:\n{cpu_paths()}\n  the paper's "
+                                   f"setting (STL-10, 224 px): --preset paper, {cpu_duration('paper')}")
+    add_common(r, None, f"(default: paper on a GPU; without one {CPU_PRESET}, the CPU-sized series, "
+                  f"{cpu_duration(CPU_PRESET)})")
     r.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
                    help="a notebook parameter, e.g. -p epochs 2 (Python literals; else a string)")
     r.add_argument("--only", help="comma-separated notebook numbers, e.g. 03,05")
@@ -99,12 +104,18 @@ def literal(text: str):
         return text
 
 
-def run_command(args) -> None:
+def run_command(args, cuda: bool | None = None) -> None:
+    """cuda: whether a GPU will be used (default: asked of torch, or read from --device)."""
     from .runner import preflight, run_series
+    if cuda is None:
+        import torch
+        cuda = torch.cuda.is_available() if args.device == "auto" else args.device.startswith("cuda")
+    preset = args.preset or ("paper" if cuda else CPU_PRESET)
     data_root, runs_root = Path(args.data_root).resolve(), Path(args.runs_root).resolve()
-    make_config("original", args.preset, args.dataset)  # unknown names fail here, before any work
-    preflight(args.dataset, data_root, args.preset, None if args.device == "auto" else args.device.startswith("cuda"))
-    params = {"dataset": args.dataset, "preset": args.preset, "data_root": str(data_root),
+    make_config("original", preset, args.dataset)  # unknown names fail here, before any work
+    print(run_banner(preset, args.dataset, cuda, chosen=args.preset is None), flush=True)
+    preflight(args.dataset, data_root)
+    params = {"dataset": args.dataset, "preset": preset, "data_root": str(data_root),
               "runs_root": str(runs_root), "seed": args.seed, "device": args.device, "live_widgets": False,
               "official_look": False}  # no 450 MB download unasked: -p official_look True
     params.update({k: literal(v) for k, v in args.parameter})

@@ -82,8 +82,14 @@ class EvalConfig:
     ft_label_smoothing: float = 0.1
     ft_weight_decay: float = 0.05
     ft_warmup_epochs: float = 1.0
-    ft_mixup: float = 0.0                # alpha; 0 = off (the official 0.8 hurts at short budgets)
-    ft_cutmix: float = 0.0               # alpha; 0 = off (official 1.0)
+    # the official augmentation (timm's 'rand-m9-mstd0.5-inc1', reprob 0.25, mixup 0.8, cutmix 1.0),
+    # here from torchvision.transforms.v2; 0 turns a part off (the short presets turn them all off)
+    ft_randaug_magnitude: float = 9.0    # RandAugment magnitude on timm's 0-10 scale
+    ft_randaug_mstd: float = 0.5         # each image's magnitude ~ N(magnitude, mstd)
+    ft_randaug_ops: int = 2              # ops per image
+    ft_reprob: float = 0.25              # random erasing probability (per-pixel noise, after normalising)
+    ft_mixup: float = 0.8                # alpha; mixup or cutmix (one of them per batch, as timm's switch 0.5)
+    ft_cutmix: float = 1.0               # alpha
     ft_crop_scale: tuple = (0.08, 1.0)
     recon_images: int = 64               # fixed evaluation set for masked PSNR / HF error
 
@@ -117,8 +123,14 @@ VARIANTS = {
     "random_ratio": VariantConfig("random_ratio", mask_schedule="random", mask_ratio_start=0.6, mask_ratio=0.9),
     # a low-pass target: high frequencies removed before the loss (PixMIM's finding)
     "lowpass": VariantConfig("lowpass", target_blur=1.0),
+    # the paper's MAE predicting plain pixels (no per-patch normalisation): its reconstructions borrow nothing
+    "original_pixels": VariantConfig("original_pixels"),
 }
+VARIANT_MODEL = {"original_pixels": {"norm_pix_loss": False}}  # what a variant changes in the model
 
+# the short presets fine-tune for a few epochs, where the official augmentation only slows learning:
+# crop, flip, label smoothing and drop path stay, the rest is off (each result records its settings)
+_FT_LIGHT = dict(ft_randaug_magnitude=0.0, ft_reprob=0.0, ft_mixup=0.0, ft_cutmix=0.0)
 _SMOKE_MODEL = ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
 PRESETS = {
@@ -134,7 +146,7 @@ PRESETS = {
                                        decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4),
                      train=TrainConfig(epochs=4, batch_size=128, blr=1e-3, warmup_epochs=0.2, max_images=16000),
                      eval=EvalConfig(batch_size=256, lp_epochs=30, max_train=5000, max_test=5000, recon_images=256,
-                                     ft_epochs=2)),
+                                     ft_epochs=2, **_FT_LIGHT)),
     # the same study sized for one GPU: the ablation model on all 60,000 Fashion-MNIST training images,
     # 100 epochs of batch 256 (23,400 steps); probes on the full train / test splits
     "ablation_gpu": dict(model=ModelConfig(img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4,
@@ -145,7 +157,7 @@ PRESETS = {
     "smoke": dict(model=_SMOKE_MODEL,
                   train=TrainConfig(epochs=2, batch_size=16, blr=1.5e-3, warmup_epochs=1, max_images=128),
                   eval=EvalConfig(batch_size=64, lp_epochs=5, ft_epochs=2, ft_warmup_epochs=0.5, max_train=128, max_test=128,
-                                  recon_images=8)),
+                                  recon_images=8, **_FT_LIGHT)),
 }
 
 DATASETS = ("stl10", "fashion_mnist", "cifar10", "folder", "synthetic")
@@ -164,6 +176,7 @@ def make_config(variant: str = "original", preset: str = "paper", dataset: str =
     _choose("dataset", dataset, DATASETS)
     cfg = PretrainConfig(variant=VARIANTS[variant], dataset=dataset, preset=preset, seed=seed,
                          **PRESETS[preset])
+    cfg = replace(cfg, model=replace(cfg.model, **VARIANT_MODEL.get(variant, {})))
     overrides = {k: _tuples(v) for k, v in (overrides or {}).items()}  # JSON lists and tuples name a variant alike
     changed = [k for k in overrides if k.startswith("variant.") and k != "variant.name"]
     if changed and "variant.name" not in overrides:  # a changed variant must not carry the old name
@@ -255,6 +268,9 @@ def validate(cfg: PretrainConfig) -> None:
         (e.max_train >= 0 and e.max_test >= 0 and e.recon_images > 0, "eval image counts must be >= 0"),
         (e.ft_mixup >= 0 and e.ft_cutmix >= 0 and 0 <= e.ft_label_smoothing < 1 and 0 <= e.ft_drop_path < 1,
          "eval.ft_mixup/ft_cutmix must be >= 0, ft_label_smoothing and ft_drop_path in [0, 1)"),
+        (0 <= e.ft_randaug_magnitude <= 10 and e.ft_randaug_mstd >= 0 and e.ft_randaug_ops >= 1 and 0 <= e.ft_reprob <= 1,
+         "eval.ft_randaug_magnitude must be in [0, 10] (timm's scale), ft_randaug_mstd >= 0, ft_randaug_ops >= 1, "
+         "ft_reprob in [0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

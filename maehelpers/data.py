@@ -282,8 +282,9 @@ def prepare(images_u8: torch.Tensor, size: int, device=None) -> torch.Tensor:
 
 def augment(images_u8: torch.Tensor, size: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
             generator: torch.Generator | None = None, device=None, rows: slice | None = None,
-            batch: int | None = None) -> torch.Tensor:
-    """RandomResizedCrop(size, scale, ratio) + horizontal flip on a whole batch, then normalise.
+            batch: int | None = None, normalized: bool = True) -> torch.Tensor:
+    """RandomResizedCrop(size, scale, ratio) + horizontal flip on a whole batch, then normalise
+    (normalized=False: pixels in [0, 1], for augmentations that follow).
 
     One affine grid per image and one `grid_sample` (bilinear) for the batch. Unlike torchvision's
     ten-trial rejection sampling, a crop that would not fit is clipped to the image.
@@ -310,7 +311,7 @@ def augment(images_u8: torch.Tensor, size: int, scale=(0.2, 1.0), ratio=(3 / 4, 
     theta[:, 1, 1], theta[:, 1, 2] = h, 2 * cy - 1
     grid = F.affine_grid(theta[rows], [x.shape[0], x.shape[1], size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return _normalize_own(x)
+    return _normalize_own(x) if normalized else x
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -46,6 +46,47 @@ def to_display(model, imgs, pred, mask):
     return original, masked_input, recon, pasted, pixel_mask
 
 
+def views(model, imgs, pred, mask) -> dict:
+    """The prediction shown three ways, each (N, 3, H, W) in [0, 1] (see docs/protocol.md):
+    - "output": what the model outputs, in its target space; a per-patch normalised prediction is
+      shown as mid-grey plus a quarter of its value (so +-2 std fill the range);
+    - "true stats": norm-pix only: de-normalised with each removed patch's TRUE mean and std (the
+      display everyone shows; it borrows two numbers per patch from the hidden image);
+    - "honest": borrows nothing from the removed patches: a pixel model's own output, or a norm-pix
+      prediction de-normalised with the mean and std averaged over the image's VISIBLE patches."""
+    pred = pred.float()
+    if not model.norm_pix_loss:
+        shown = denormalize(model.unpatchify(pred))
+        return {"output": shown, "honest": shown}
+    target = model.patchify(imgs).float()
+    mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+    keep = (1 - mask).unsqueeze(-1)                                  # (N, L, 1), 1 on visible patches
+    seen_mean = (mean * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
+    seen_var = (var * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
+    return {"output": (0.5 + 0.25 * model.unpatchify(pred)).clamp(0, 1),
+            "true stats": denormalize(model.unpatchify(pred * (var + 1e-6) ** 0.5 + mean)),
+            "honest": denormalize(model.unpatchify(pred * (seen_var + 1e-6) ** 0.5 + seen_mean))}
+
+
+@torch.no_grad()
+def feature_health(feats: torch.Tensor) -> dict:
+    """Dimensional collapse, measured on (N, D) features: the effective rank (exp of the entropy of
+    the normalised singular values of the centred features; D when all directions are used equally,
+    1 when the features lie on a line) and the uniformity of the L2-normalised features in both forms
+    (Wang-Isola: log of the mean of exp(-2 |zi - zj|^2), lower = more uniform; U-MAE: mean squared
+    cosine between different samples, lower = more spread)."""
+    x = feats.float()
+    s = torch.linalg.svdvals(x - x.mean(0))
+    p = s / s.sum().clamp_min(1e-12)
+    erank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()
+    z = F.normalize(x, dim=1)
+    gram = z @ z.T
+    off = ~torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sq_dist = (2 - 2 * gram[off]).clamp_min(0)
+    return {"effective_rank": erank, "uniformity_wi": torch.log(torch.exp(-2 * sq_dist).mean()).item(),
+            "uniformity_umae": (gram[off] ** 2).mean().item()}
+
+
 def masked_psnr(pred, target, pixel_mask) -> torch.Tensor:
     """(N,) PSNR in dB over pixels where pixel_mask = 1; images in [0, 1]."""
     se = ((pred - target) ** 2 * pixel_mask).flatten(1).sum(1)

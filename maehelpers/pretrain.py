@@ -31,7 +31,7 @@ from .distributed import (World, agreed, barrier, device_for, gather_objects, lo
                           sum_over_ranks, world)
 from .losses import check_terms, loss_terms, pretrain_loss
 from .masking import mask_ratio_at
-from .model import MAE, encoder_state_dict
+from .model import MAE, encoder_state_dict, pool_tokens
 from .runs import (EVAL_KEYS, CheckpointError, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl,
                    read_results, run_lock, save_json, save_torch, write_text)
 
@@ -294,14 +294,14 @@ class _StepLog:
         raise NonFiniteLossError(f"loss is {value} at step {step}; {what}; {good}. A resume keeps the config and "
                                  f"would meet the same loss: start again in a new run folder with a {advice}.")
 
-    def end_epoch(self, step: int, epoch: int, seconds: float) -> None:
+    def end_epoch(self, step: int, epoch: int, seconds: float, health: dict | None = None) -> None:
         self.flush()
         count = self.state.epoch_count
         if self.scale is not None and self.epoch_skipped > count / 2:
             self.collapse(f"the GradScaler skipped {self.epoch_skipped} of the {count} steps of epoch {epoch}")
         self.elog.write(json.dumps({"step": step, "epoch": epoch, "loss": self.state.epoch_loss / count,
-                                    "seconds": seconds, **({"skipped_steps": self.epoch_skipped}
-                                                           if self.scale is not None else {})}) + "\n")
+                                    "seconds": seconds, **(health or {}), **({"skipped_steps": self.epoch_skipped}
+                                                                         if self.scale is not None else {})}) + "\n")
         self.elog.flush()
         self.state.epoch_loss, self.state.epoch_count, self.epoch_skipped = 0.0, 0, 0
 
@@ -481,7 +481,8 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                         scaler._scale.clone() if scaler.is_enabled() else None)  # noqa: SLF001 - read without a sync
                 _report_eta(log, state.step - first_step, t0, end_step - state.step, device, cfg.preset, progress)
                 if state.step % steps_per_epoch == 0:
-                    log.end_epoch(state.step, epoch + 1, elapsed())
+                    log.end_epoch(state.step, epoch + 1, elapsed(), feature_health_of(model, data.images[:HEALTH_IMAGES],
+                                                                                      cfg.model.img_size))
                     if board is not None:
                         board_reconstructions(board, model, data.images[:4], cfg.model.img_size, state.step)
                     if (epoch + 1) % t.save_every == 0 or state.step == end_step:
@@ -514,12 +515,28 @@ def tensorboard_writer(run_dir: Path, t, w: World):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+HEALTH_IMAGES = 256  # the fixed images whose features are measured for collapse at every epoch's end
+
+
+@torch.no_grad()
+def feature_health_of(model, images_u8, img_size: int) -> dict:
+    """metrics.feature_health of the mean-pooled features of the first HEALTH_IMAGES training images
+    (whole images, no mask; draws no random numbers, so training and resume are unchanged)."""
+    from .metrics import feature_health
+    model = getattr(model, "module", model)
+    model.eval()
+    x = prepare(images_u8, img_size, next(model.parameters()).device)
+    health = feature_health(pool_tokens(model.forward_tokens(x), "mean"))
+    model.train()
+    return {k: round(v, 5) for k, v in health.items()}
+
+
 @torch.no_grad()
 def board_reconstructions(board, model, images_u8, img_size: int, step: int) -> None:
     """One reconstruction grid per epoch, always the same images under the same masks."""
     from .viz import draw_recon_grid
     model.eval()
-    fig, _, _ = draw_recon_grid({"model": model}, images_u8, img_size, pasted=False)
+    fig, _, _ = draw_recon_grid({"model": model}, images_u8, img_size)
     board.add_figure("reconstructions", fig, step)
     model.train()
 

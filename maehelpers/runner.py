@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from .data import DataError, STL10_FILES
+from .durations import cpu_paths
 
 NOTEBOOKS = ("00_data", "01_pretrain_original", "02_pretrain_improved", "03_linear_probe", "04_finetune",
              "05_visualize", "06_try_your_idea")
@@ -45,17 +46,9 @@ def _reachable(host: str, port: int = 80, timeout: float = 3.0) -> bool:
         return False
 
 
-def preflight(dataset: str, data_root, preset: str = "", cuda: bool | None = None) -> None:
-    """Fail at once, before any work, when STL-10 is neither on disk nor downloadable; say plainly
-    when the chosen preset is meant for a GPU and there is none."""
-    if cuda is None:
-        import torch
-        cuda = torch.cuda.is_available()
-    if preset == "paper" and not cuda:
-        print("note: no GPU here. The 'paper' preset (224 px, 10 epochs, two variants) took about 70 minutes per "
-              "epoch per variant on the 2-core CPU this project is developed on, so about a day in all; "
-              "--preset fast (96 px) is ~5x cheaper, and a GPU runtime is far faster. Each pretraining prints "
-              "its measured duration after five steps.", flush=True)
+def preflight(dataset: str, data_root) -> None:
+    """Fail at once, before any work, when STL-10 is neither on disk nor downloadable, naming the
+    offline choices with their measured durations."""
     if dataset != "stl10":
         return
     folder = Path(data_root) / "stl10_binary"
@@ -65,11 +58,7 @@ def preflight(dataset: str, data_root, preset: str = "", cuda: bool | None = Non
         return
     raise DataError(
         f"STL-10 is not under {folder.resolve()} and ai.stanford.edu cannot be reached, so it cannot be "
-        "downloaded. Either copy the extracted stl10_binary/ folder there, or run offline on:\n"
-        "  real images (Fashion-MNIST from Debian; bash scripts/install_fashion_mnist.sh first):\n"
-        "    python -m maehelpers run --dataset fashion_mnist --preset fast\n"
-        "  synthetic images (a full series in about a minute, for checking the set-up):\n"
-        "    python -m maehelpers run --dataset synthetic --preset smoke")
+        "downloaded. Either copy the extracted stl10_binary/ folder there, or run offline on:\n" + cpu_paths())
 
 
 def run_series(parameters: dict, only: str | None = None, runs_root="runs", progress: bool = True) -> Path:

@@ -75,6 +75,7 @@ ARMS = {
     "decreasing": ("decreasing", {}),
     "random_ratio": ("random_ratio", {}),
     "lowpass": ("lowpass", {}),
+    "original_pixels": ("original_pixels", {}),   # plain-pixel target: what norm-pix targets buy on the probes
     "lap_interior_1x": ("laplacian", {}),
     "lap_interior_10x": ("laplacian", {"variant.laplacian_weight": 0.5}),
     "lap_replicate_1x": ("laplacian", {"variant.laplacian_form": "replicate"}),

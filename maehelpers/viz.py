@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import torch
 
 from .data import prepare
-from .metrics import fixed_noise, masked_psnr, reconstruct
+from .metrics import fixed_noise, masked_psnr, reconstruct, to_display, views
 from .runs import read_jsonl
 
 DPI = 100
@@ -19,11 +20,16 @@ def _to_hwc(img):
     return img.permute(1, 2, 0).cpu().numpy()
 
 
-def draw_recon_grid(models: dict, images_u8, img_size: int, mask_ratio: float = 0.75, seed: int = 0,
-                    pasted: bool = True):
-    """Rows: images. Columns: image | masked input | per model: reconstruction (and the
-    reconstruction with visible patches pasted back). Every model sees the SAME mask noise.
-    Returns (figure, {model name: (N,) masked PSNR}, the pixel masks each model received)."""
+VIEW_TITLES = {"output": "output (target space)", "true stats": "true patch stats (borrowed)",
+               "honest": "borrows nothing"}
+
+
+def draw_recon_grid(models: dict, images_u8, img_size: int, mask_ratio: float = 0.75, seed: int = 0):
+    """Rows: images. Columns: image | masked input | per model, its prediction shown three ways
+    (metrics.views: the target-space output, the display with the true patch statistics, the
+    reconstruction that borrows nothing; a pixel-target model needs only one). Every model sees the
+    SAME mask noise. Returns (figure, {model name: (N,) masked PSNR as psnr_masked computes it}, the
+    pixel masks each model received)."""
     grids = {m.num_patches for m in models.values()}
     if len(grids) != 1:
         raise ValueError("models in one grid must share the patch grid (same image and patch size)")
@@ -33,14 +39,21 @@ def draw_recon_grid(models: dict, images_u8, img_size: int, mask_ratio: float = 
     for name, model in models.items():
         device = next(model.parameters()).device
         imgs = prepare(images_u8, img_size, device)
-        original, masked, recon, paste, pm = reconstruct(model, imgs, mask_ratio, noise.to(device))
+        model.eval()
+        with torch.no_grad():
+            _, pred, mask = model(imgs, mask_ratio, noise.to(device))
+            original, masked, recon, _, pm = to_display(model, imgs, pred, mask)
+            shown = views(model, imgs, pred, mask)
         if not columns:
             columns += [("image", original, None), ("masked", masked, None)]
         psnrs[name], masks[name] = masked_psnr(recon, original, pm).cpu(), pm.cpu()
-        columns.append((name, recon, psnrs[name]))
-        if pasted:
-            columns.append((f"{name} + visible", paste, None))
-    fig = _draw_columns(columns, n, f"mask ratio {mask_ratio}, mask seed {seed}; PSNR on masked pixels")
+        for view, img in shown.items():
+            if view == "output" and not model.norm_pix_loss:
+                continue  # a pixel model's output is its honest reconstruction
+            scored = masked_psnr(img, original, pm).cpu() if view != "output" else None
+            columns.append((f"{name}:\n{VIEW_TITLES[view]}", img, scored))
+    fig = _draw_columns(columns, n, f"mask ratio {mask_ratio}, mask seed {seed}; PSNR on masked pixels. "
+                        "'borrowed' uses each hidden patch's true mean and std")
     return fig, psnrs, masks
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from maehelpers.config import make_config
-from maehelpers.data import IMAGENET_STD, ImageSet, denormalize, load_dataset, prepare
+from maehelpers.data import IMAGENET_STD, ImageSet, denormalize, load_dataset, normalize, prepare
 import maehelpers.evaluate as ev
 from maehelpers.evaluate import (cached_features, compare_runs, evaluate_run, finetune, knn_top1, linear_probe,
                                  make_scratch_run, param_groups_lrd, recon_run)
@@ -109,7 +109,12 @@ def test_grid_uses_identical_masks_and_fixed_size(two_runs, tmp_path):
     assert torch.equal(masks["original"], masks["improved"])
     path = tmp_path / "recon_grid.png"
     recon_grid(models, images, 32, path)
-    assert Image.open(path).size == (int(1.6 * 6 * 100), int(1.75 * 3 * 100))
+    assert Image.open(path).size == (int(1.6 * 8 * 100), int(1.75 * 3 * 100))   # image, masked, 3 views x 2
+    titles = [ax.get_title() for ax in fig.axes[:8]]
+    assert titles[2:5] == ["original:\noutput (target space)", "original:\ntrue patch stats (borrowed)\n"
+                           + titles[3].split("\n")[-1], "original:\nborrows nothing\n" + titles[4].split("\n")[-1]]
+    models["original"].norm_pix_loss = False      # a pixel-target model: its output is the reconstruction
+    assert len(draw_recon_grid(models, images, 32)[0].axes) == 3 * (2 + 1 + 3)
     curves = plot_curves([two_runs / "original", two_runs / "improved"], tmp_path / "curves.png")
     assert Image.open(curves).size == (1500, 320)
     bars = plot_results([{"variant": "a", "lp_top1": 50.0}, {"variant": "b", "lp_top1": 60.0}], tmp_path / "bars.png")
@@ -167,8 +172,50 @@ def test_finetune_trains_the_encoder_and_scratch_differs(tmp_path):
     assert torch.equal(loaded.state_dict()[key], state[key])
 
 
-def test_finetune_with_mixup_and_cutmix_runs(tmp_path):
-    cfg = make_config("original", "smoke", "synthetic", overrides={"eval.ft_mixup": 0.8, "eval.ft_cutmix": 1.0})
+def test_paper_preset_fine_tunes_with_the_official_augmentation_and_short_presets_without():
+    paper, ablation = make_config("original", "paper").eval, make_config("original", "ablation").eval
+    official = (9.0, 0.5, 2, 0.25, 0.8, 1.0, 0.1)
+    names = ("ft_randaug_magnitude", "ft_randaug_mstd", "ft_randaug_ops", "ft_reprob", "ft_mixup", "ft_cutmix",
+             "ft_label_smoothing")
+    assert tuple(getattr(paper, n) for n in names) == official
+    assert (ablation.ft_randaug_magnitude, ablation.ft_reprob, ablation.ft_mixup, ablation.ft_cutmix) == (0, 0, 0, 0)
+
+
+def _augmenter(**settings):
+    from maehelpers.evaluate import ft_augmenter
+    e = make_config("original", "smoke", "synthetic", overrides={f"eval.{k}": v for k, v in settings.items()}).eval
+    return ft_augmenter(e, num_classes=10)
+
+
+def test_randaugment_and_random_erasing_act_per_image():
+    """Identical images must come out different: v2 applied to the whole batch would give every image
+    the same ops and the same erased rectangle."""
+    x = torch.rand(1, 3, 16, 16).expand(8, -1, -1, -1).contiguous()
+    y = torch.arange(8)
+    torch.manual_seed(0)
+    out, labels = _augmenter(ft_randaug_magnitude=9.0, ft_reprob=0.0)(x, y)
+    assert torch.equal(labels, y)
+    assert len({tuple(o.flatten().tolist()) for o in out}) >= 6
+    torch.manual_seed(0)
+    out, _ = _augmenter(ft_reprob=1.0)(x, y)
+    erased = [(o != normalize(x[:1])[0]).any(0) for o in out]   # where each image was erased
+    assert all(m.any() for m in erased)
+    assert len({tuple(m.flatten().tolist()) for m in erased}) >= 6
+    assert torch.equal(_augmenter()(x, y)[0], normalize(x))      # all parts off: normalising only
+
+
+def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one():
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8)
+    out, soft = _augmenter(ft_mixup=0.8, ft_cutmix=1.0)(x, y)
+    assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8))
+    assert ((soft > 0).sum(1) == 2).all()                        # each target mixes two classes
+    assert not torch.equal(out, normalize(x))
+
+
+def test_finetune_with_the_official_augmentation_runs():
+    cfg = make_config("original", "smoke", "synthetic", overrides={
+        "eval.ft_mixup": 0.8, "eval.ft_cutmix": 1.0, "eval.ft_randaug_magnitude": 9.0, "eval.ft_reprob": 0.25})
     train = load_dataset("synthetic", "train", max_images=64)
     res, _ = finetune(cfg, train, load_dataset("synthetic", "test", max_images=16), None, progress=False)
     assert res["steps"] == 2 and res["final_train_loss"] > 0
@@ -339,3 +386,46 @@ def test_layer_decay_gives_the_official_scale_at_every_depth():
                 "fc_norm.weight": 1.0, "head.weight": 1.0}
     for name, value in expected.items():
         assert scale[id(names[name])] == pytest.approx(value), name
+
+
+def test_feature_health_hand_values():
+    from maehelpers.metrics import feature_health
+    square = torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1]])      # centred, two equal singular values
+    line = torch.tensor([[1.0, 0], [2, 0], [3, 0]])                    # rank 1 after centring
+    assert feature_health(square)["effective_rank"] == pytest.approx(2.0, abs=1e-5)
+    assert feature_health(line)["effective_rank"] == pytest.approx(1.0, abs=1e-5)
+    same, orthogonal = torch.tensor([[1.0, 0], [2, 0]]), torch.tensor([[1.0, 0], [0, 3]])
+    assert feature_health(same)["uniformity_umae"] == pytest.approx(1.0)       # cos 1 between the two
+    assert feature_health(same)["uniformity_wi"] == pytest.approx(0.0, abs=1e-6)  # log exp(0)
+    assert feature_health(orthogonal)["uniformity_umae"] == pytest.approx(0.0, abs=1e-7)
+    assert feature_health(orthogonal)["uniformity_wi"] == pytest.approx(-4.0)   # |zi - zj|^2 = 2, exp(-2 * 2)
+
+
+def test_pretraining_logs_feature_health_per_epoch(two_runs):
+    rows = read_jsonl(two_runs / "original" / "log_epochs.jsonl")
+    assert len(rows) == 2 and all(1 <= r["effective_rank"] <= 32 for r in rows)
+    model = load_mae(two_runs / "original")[0]
+    images = load_dataset("synthetic", "pretrain", max_images=128).images[:P.HEALTH_IMAGES]
+    assert P.feature_health_of(model, images, 32)["effective_rank"] == pytest.approx(rows[-1]["effective_rank"], abs=1e-4)
+
+
+def test_the_honest_view_borrows_nothing_from_the_removed_patches():
+    """Change what is under the removed patches: the model's output cannot change (the encoder never
+    sees them), so neither may a view that claims to borrow nothing; the borrowed view does change."""
+    from maehelpers.metrics import views
+    torch.manual_seed(0)
+    model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32,
+                decoder_depth=1, decoder_num_heads=2).eval()
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        _, pred, mask = model(imgs, 0.75, noise)
+        pixel_mask = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, 8 * 8 * 3))
+        other = imgs + 3.0 * torch.randn_like(imgs) * pixel_mask           # new content where removed only
+        _, pred2, mask2 = model(other, 0.75, noise)
+        assert torch.equal(mask, mask2) and torch.allclose(pred, pred2, atol=1e-6)
+        a, b = views(model, imgs, pred, mask), views(model, other, pred2, mask2)
+    assert torch.allclose(a["honest"], b["honest"], atol=1e-5)
+    assert not torch.allclose(a["true stats"], b["true stats"], atol=1e-3)
+    model.norm_pix_loss = False
+    pixels = views(model, imgs, pred, mask)
+    assert set(pixels) == {"output", "honest"} and torch.equal(pixels["output"], pixels["honest"])

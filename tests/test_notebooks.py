@@ -120,18 +120,6 @@ def test_papermill_runner_stops_names_the_cell_and_resumes(tmp_path):
     assert "| original | 0 |" in good.stdout                                 # the final table is printed
 
 
-def test_runner_offline_stl10_stops_at_once(tmp_path, monkeypatch):
-    from maehelpers import runner
-    from maehelpers.data import DataError
-    monkeypatch.setattr(runner, "_reachable", lambda host, port=80, timeout=3.0: False)
-    with pytest.raises(DataError) as e:
-        runner.preflight("stl10", tmp_path)
-    assert "--dataset fashion_mnist" in str(e.value) and "--dataset synthetic --preset smoke" in str(e.value)
-    with pytest.raises(ValueError, match="choose among"):
-        runner.select("07")
-    assert runner.select("3,05") == ["03_linear_probe", "05_visualize"]
-
-
 def test_repo_url_lives_in_pyproject_and_one_command_changes_it(tmp_path):
     import shutil
     copy = tmp_path / "repo"
@@ -196,13 +184,62 @@ def test_runner_passes_each_notebook_only_its_parameters(tmp_path, monkeypatch):
     assert seen["03_linear_probe"] == {"runs_root": str(tmp_path), "lp_epochs": 2}
 
 
-def test_paper_preset_on_cpu_is_said_plainly(tmp_path, capsys):
-    from maehelpers import runner
-    runner.preflight("synthetic", tmp_path, "paper", cuda=False)
-    assert "about a day" in capsys.readouterr().out
-    runner.preflight("synthetic", tmp_path, "paper", cuda=True)
-    runner.preflight("synthetic", tmp_path, "fast", cuda=False)
-    assert capsys.readouterr().out == ""
+def test_durations_quoted_to_users_are_the_committed_measurements():
+    from maehelpers import durations as d
+    m = d.measured()
+    assert m, "maehelpers/measured_durations.json is missing: python benchmarks/series_time.py"
+    for preset, command in d.SERIES_COMMAND.items():   # the command quoted is the command timed
+        assert m["series"][preset]["command"] == command and m["series"][preset]["total_s"] > 0
+    assert {"paper", "fast"} <= set(m["projected_cpu"])
+    assert d.span(m["series"]["ablation"]["total_s"]) in d.cpu_duration("ablation")
+
+
+def test_cpu_duration_reads_the_measurement_file(monkeypatch):
+    from maehelpers import durations as d
+    fake = {"date": "2000-01-01 00:00 UTC", "machine": {"cores": 2}, "series": {"ablation": {"total_s": 3000}},
+            "projected_cpu": {"paper": {"total_s": 36000}}}
+    monkeypatch.setattr(d, "measured", lambda: fake)
+    assert d.cpu_duration("ablation") == "about 50 min measured on a 2-core CPU, 2000-01-01"
+    assert d.cpu_duration("paper").startswith("about 10 h projected")
+    assert d.cpu_duration("fast") == "not measured on a CPU"
+
+
+def _run_args(**kw):
+    import argparse
+    return argparse.Namespace(**{"preset": None, "dataset": "synthetic", "data_root": "data", "runs_root": "runs",
+                                 "seed": 0, "device": "auto", "parameter": [], "only": None, **kw})
+
+
+@pytest.mark.parametrize("cuda, preset, expected", [(False, None, "ablation"), (True, None, "paper"),
+                                                    (False, "smoke", "smoke")])
+def test_run_chooses_the_preset_for_the_machine_and_says_what_runs(monkeypatch, capsys, tmp_path, cuda, preset,
+                                                                   expected):
+    from maehelpers import cli, durations, runner
+    seen = {}
+    monkeypatch.setattr(runner, "run_series", lambda params, only, root: seen.update(params) or tmp_path)
+    cli.run_command(_run_args(preset=preset, data_root=str(tmp_path)), cuda=cuda)
+    out = capsys.readouterr().out
+    assert seen["preset"] == expected
+    assert f"preset '{expected}'" in out.splitlines()[0] and "Ctrl-C" in out and "resumes" in out
+    if expected == "ablation":   # chosen for a CPU: it says so, how long, and how to ask for the paper's setting
+        assert durations.cpu_duration("ablation") in out and "--preset paper" in out
+        assert durations.cpu_duration("paper") in out
+    else:
+        assert "was chosen" not in out
+
+
+def test_runner_offline_stl10_stops_at_once_and_offers_the_cpu_sized_series_first(tmp_path, monkeypatch):
+    from maehelpers import durations, runner
+    from maehelpers.data import DataError
+    monkeypatch.setattr(runner, "_reachable", lambda host, port=80, timeout=3.0: False)
+    with pytest.raises(DataError) as e:
+        runner.preflight("stl10", tmp_path)
+    text = str(e.value)
+    real, synthetic = text.index(durations.SERIES_COMMAND["ablation"]), text.index("--dataset synthetic --preset smoke")
+    assert real < synthetic and durations.cpu_duration("ablation") in text[:real]
+    with pytest.raises(ValueError, match="choose among"):
+        runner.select("07")
+    assert runner.select("3,05") == ["03_linear_probe", "05_visualize"]
 
 
 def test_colab_copies_stl10_from_drive_to_the_runtime_disk_once(tmp_path, monkeypatch, capsys):
