@@ -11,7 +11,8 @@
    features of the probe's images for three encoders). The projection says what it counts.
 
 Writes maehelpers/measured_durations.json (package data: the messages of `python -m maehelpers run`
-read it), with the machine, its load, torch's threads, the date and the commit.
+read it), with the machine, its load, torch's threads, the date and the commit, and the README's
+table of durations from it.
 --quick: the smoke series and one step per timing, into a temporary file (a test of this script).
 """
 import argparse
@@ -31,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maehelpers.config import make_config  # noqa: E402
+from maehelpers import durations  # noqa: E402
 from maehelpers.durations import MEASURED_FILE  # noqa: E402
+from maehelpers.study_report import replace_readme_tables  # noqa: E402
 from maehelpers.model import MAE, ViTClassifier  # noqa: E402
 from maehelpers.runs import git_commit  # noqa: E402
 
@@ -129,6 +132,10 @@ def main(argv=None) -> dict:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     print(f"wrote {out}")
+    if out == MEASURED_FILE:  # the README quotes what was just measured
+        durations.measured.cache_clear()
+        replace_readme_tables(ROOT / "README.md", durations.quick_start_table(), durations.README_MARKS)
+        print("README.md: the durations table rewritten")
     return result
 
 

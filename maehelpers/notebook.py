@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from .config import apply_overrides, to_dict, validate
-from .evaluate import (compare_runs, evaluate_run, find_runs, make_scratch_run, markdown_table, recon_run,
-                       run_config, load_eval_data)
+from .evaluate import (compare_runs, evaluate_run, find_runs, fresh_results, make_scratch_run, markdown_table,
+                       recon_run, run_config, load_eval_data, seed_list)
 from .data import load_dataset, prepare
 from .losses import pretrain_loss
 from .pretrain import build_model, pick_device, pretrain
@@ -166,12 +166,14 @@ def evaluate_all(paths: Paths, steps, force: bool = False, **eval_settings) -> s
     for run in runs:
         evaluate_run(run, paths.data_root, steps, data=data, device=paths.device, force=force, overrides=changes)
     rows = compare_runs(runs, paths.compare)
-    keys = {"lp": ["lp_top1_cls", "lp_top1_mean"], "knn": ["knn_top1_cls", "knn_top1_mean"], "ft": ["ft_top1", "ft_recipe"]}
+    order = {"knn_top1_mean": "knn", "lp_top1_mean": "lp", "knn_top1_cls": "knn", "lp_top1_cls": "lp",
+             "ft_top1": "ft", "ft_recipe": "ft"}  # the study's headline first
     if {"lp", "knn"} & set(steps):
         raw = raw_pixels(cfg, data, paths.compare, force)
         rows.append({"variant": "raw pixels", "seeds": [], **{f"{m}_top1_{p}": raw[f"{m}_top1"]
                                                                for m in ("lp", "knn") for p in ("cls", "mean")}})
-    return markdown_table(rows, ["variant", "seeds"] + [k for s in steps for k in keys[s]])
+    return markdown_table(rows, ["variant", "seeds"] + [k for k, s in order.items() if s in steps]) + \
+        f"\n{seed_list(rows)}\n"
 
 
 def raw_pixels(cfg, data, out_dir: Path, force: bool = False) -> dict:
@@ -247,7 +249,7 @@ def visualize_all(paths: Paths, n_images: int = 6, mask_ratio: float = 0.75, see
     recon_grid(models, images, cfg.model.img_size, paths.compare / "recon_grid.png", mask_ratio, seed)
     plot_curves(pretrained, paths.compare / "curves.png")
     rows = compare_runs(runs, paths.compare)
-    plot_results(rows, paths.compare / "results.png")
+    plot_results(rows, paths.compare / "results.png", metrics=("knn_top1_mean", "lp_top1_mean", "ft_top1"))
     return {"models": models, "images": test.images[:64], "img_size": cfg.model.img_size,
             "table": (paths.compare / "compare.md").read_text()}
 
@@ -300,3 +302,54 @@ def show_paired(result: dict, half_widths=(1.0, 0.5)) -> None:
             more = ", ".join(f"±{h} needs {seeds_needed(p['sd'], half_width=h)} seeds" for h in half_widths)
             print(f"{line}, 95 % interval [{p['diff'] - p['ci95']:+.2f}, {p['diff'] + p['ci95']:+.2f}]; "
                   f"smallest effect these seeds detect (80 % power): {p['mde']:.2f}; {more}")
+
+
+# ----------------------------------------------------------------------------- 05: what the study found
+QUICK_PRESETS = ("smoke", "ablation")  # presets whose extra pixel-target run takes minutes on a CPU
+
+
+def pixel_target_run(paths: Paths, wanted: bool | None = None, force: bool = False) -> dict | None:
+    """Pretrain `original_pixels` (the paper's MAE predicting plain pixels) with the settings of the
+    first pretrained run, so 05 can show a reconstruction that borrows nothing. wanted None: only
+    with the presets that train in minutes (QUICK_PRESETS)."""
+    from dataclasses import replace
+    from .config import VARIANTS
+    cfg = run_config(pretrained_runs(paths, False)[0])
+    if not (cfg.preset in QUICK_PRESETS if wanted is None else wanted):
+        print(f"original_pixels skipped at preset {cfg.preset!r} (pixel_target = True trains it)")
+        return None
+    pixels = replace(cfg, variant=VARIANTS["original_pixels"], model=replace(cfg.model, norm_pix_loss=False))
+    return pretrain_variant(pixels, paths, force)
+
+
+def show_feature_health(paths: Paths):
+    """Effective rank and uniformity of every run's features per epoch (pretraining's log)."""
+    from .viz import draw_feature_health
+    return draw_feature_health([r for r in pretrained_runs(paths, False) if (r / "log_epochs.jsonl").exists()])
+
+
+def series_difference(paths: Paths, arm: str = "improved", metric: str = "knn_top1_mean") -> float | None:
+    """This series' own difference arm - original on the study's headline (None if either is missing)."""
+    values = [fresh_results(paths.runs_root / name).get(metric) for name in ("original", arm)]
+    return None if None in values else values[1] - values[0]
+
+
+def show_noise_check(paths: Paths, arm: str = "improved"):
+    """Place this series' one-seed difference on the study's committed paired differences."""
+    from .verdict import draw_noise, noise_check
+    yours = series_difference(paths, arm)
+    if yours is None:
+        print(f"needs k-NN results of original and {arm}: run 03 first")
+        return None
+    cfg = run_config(paths.runs_root / "original")
+    check = noise_check(yours, cfg.dataset, cfg.preset, arm)
+    print(check["text"])
+    return draw_noise(check, arm)
+
+
+def show_verdict():
+    """The study's current verdict in three lines and its paired-difference plot, from the records."""
+    from .verdict import draw_verdict, verdict
+    v = verdict()
+    print("\n".join(f"{i}. {line}" for i, line in enumerate(v["lines"], 1)))
+    return draw_verdict(v)

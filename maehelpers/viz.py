@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .data import prepare
-from .metrics import fixed_noise, masked_psnr, reconstruct, to_display, views
+from .metrics import fixed_noise, masked_psnr, to_display, views
 from .runs import read_jsonl
 
 DPI = 100
@@ -225,6 +225,28 @@ def draw_neighbours(train_feats, train, test_feats, test, n_queries: int = 4, k:
             ax.set_title(label, fontsize=6, color=color)
             ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title or "nearest training images (cosine similarity)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+HEALTH = {"effective_rank": "effective rank (higher: more directions used)",
+          "uniformity_wi": "uniformity, Wang-Isola (lower: more uniform)",
+          "uniformity_umae": "mean squared cosine, U-MAE (lower: more spread)"}
+
+
+def draw_feature_health(run_dirs):
+    """Per epoch, on the same fixed training images: the effective rank of the mean-pooled features
+    and both uniformity measures, one line per run (pretraining's log_epochs.jsonl)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    for run in run_dirs:
+        rows = [r for r in read_jsonl(Path(run) / "log_epochs.jsonl") if "effective_rank" in r]
+        for ax, key in zip(axes, HEALTH):
+            ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], "o-", ms=3, label=Path(run).name)
+    for ax, title in zip(axes, HEALTH.values()):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -228,7 +228,7 @@ NOTEBOOKS = {
         check("print(nb.list_runs(paths))"),
         md("## The protocol"),
         check("from maehelpers.evaluate import run_config\ne = run_config(nb.pretrained_runs(paths, False)[0]).eval\n"
-              "print(f'features: cls token and mean of patch tokens (headline: {e.pool}); '\n"
+              "print(f'features: cls token and mean of patch tokens (headline of the study: k-NN on the mean pool); '\n"
               "      f'probe: BN + Linear, AdamW + cosine, last epoch; '\n"
               "      f'k-NN: k={e.knn_k}, T={e.knn_t}')"),
         md("## Probe every run, the random encoder and raw pixels\nResults go into each run's `results.json` "
@@ -280,10 +280,26 @@ NOTEBOOKS = {
         "count). The table gives mean ± sd over seeds where a variant has several runs, says when it has "
         "one, and leaves unmeasured values blank (-). Pictures and the table go to `runs/compare/`.",
         EVAL_PARAMS, "live_widgets = True   # False in batch runs (papermill): the static picture only\n"
-        "official_look = True  # download the official ViT-B MAE (about 450 MB, once) and show it beside ours") + [
+        "official_look = True  # download the official ViT-B MAE (about 450 MB, once) and show it beside ours\n"
+        "pixel_target = None   # also pretrain original_pixels; None: only at the presets that train in minutes") + [
         md("## Which runs\nListed, nothing written."),
         check("print(nb.list_runs(paths))"),
-        md("## Metrics, reconstruction grid, curves, table"),
+        md("## A model whose reconstructions borrow nothing\nWith per-patch normalised targets (the paper's "
+           "default, `norm_pix_loss`) the model predicts each hidden patch's *shape* but not its brightness or "
+           "contrast; every picture of such a model, the paper's included, puts back each hidden patch's TRUE "
+           "mean and std, and so borrows them from the answer. `original_pixels` is the same MAE trained to "
+           "predict plain pixels: its output is its reconstruction. At the quick presets it trains here with the "
+           "settings of the runs above (a few minutes on a CPU); at the others `pixel_target = True` asks for it."),
+        code("nb.pixel_target_run(paths, pixel_target, force);"),
+        md("## Metrics, reconstruction grid, curves, table\nEvery model gets the same images and masks. For a "
+           "norm-pix model the grid shows its prediction three ways: its **output** in its target space (each "
+           "patch normalised, drawn as grey ± contrast), the usual display with the **true patch statistics** "
+           "(borrowed from the hidden image, so it looks better than the model is), and a reconstruction that "
+           "**borrows nothing** (the patches de-normalised with the average mean and std of the image's visible "
+           "patches). The pixel model needs one column. On grey images (Fashion-MNIST) the model still predicts "
+           "red, green and blue independently, so where it is unsure the channels disagree and a hidden patch "
+           "shows a coloured tint: that is the model's uncertainty, not a bug in the display. The table puts the "
+           "study's headline (k-NN on the mean pool) first."),
         code("vis = nb.visualize_all(paths, force=force)\nnb.show_table(vis['table'])"),
         code("from IPython.display import Image, display\n"
              "for name in ('recon_grid.png', 'curves.png', 'results.png'):\n"
@@ -299,6 +315,24 @@ NOTEBOOKS = {
            "(our mask noise resampled to its 14 x 14 grid); the official model sees each image enlarged to "
            "224 px. Without a network the cell says so and the notebook goes on."),
         code("if official_look:\n    nb.show_official(vis, paths)"),
+        md("## Dimensional collapse, measured\nA masked autoencoder can reconstruct well with features that use "
+           "only a few directions of their space; a probe then has little to work with. At the end of every "
+           "pretraining epoch the same training images are encoded and three numbers logged: the **effective "
+           "rank** of the mean-pooled features (the exponential of the entropy of their normalised singular "
+           "values: the number of directions in use) and the two **uniformity** measures that the study's terms "
+           "optimise. A uniformity term that helps should raise the rank; if it does not, this plot says so."),
+        code("nb.show_feature_health(paths);"),
+        md("## Is my difference bigger than noise?\nYou trained `original` and `improved` once each and see a "
+           "difference on the headline. Each dot below is one seed's difference in the study's committed records "
+           "(the same two variants, paired by seed); the shaded band is how far one seed's difference wanders "
+           "from its mean, and the red line is yours. At another dataset or preset the study's spread is a guide, "
+           "and the text says so."),
+        code("nb.show_noise_check(paths);"),
+        md("## The study's verdict, from its records\nThree lines generated from "
+           "`benchmarks/results/ablation_runs.jsonl` (nothing typed, nothing recomputed): the improved variant, "
+           "the arm that ranked first, and where the preregistered held-out confirmation stands. Validation "
+           "numbers are exploratory (arms were chosen on them); the held-out ones say nothing until all runs are in."),
+        code("nb.show_verdict();"),
         md("## What was written\n`runs/compare/`: `recon_grid.png`, `curves.png` (the masked MSE that all variants "
            "share on common axes, extra terms in their own panel), `results.png`, `compare.md`, `compare.json`; "
            "every run's `results.json` now also holds the reconstruction metrics under `recon`, keyed to its encoder."),

@@ -29,3 +29,25 @@ def test_gpu_check_runs_through_on_the_cpu(tmp_path):
     assert res["fp16"]["skipped"] and res["two_gpus"]["skipped"]
     assert res["throughput"][0]["img_s"] > 0 and res["raw_pixels"]["peak_host_mb"] > 0
     assert res["tf32"]["matmul_precision"] == "highest"            # on the CPU nothing is changed
+
+
+def test_series_time_quick_writes_durations_and_leaves_the_committed_ones(tmp_path):
+    import series_time
+    before = (ROOT / "maehelpers" / "measured_durations.json").read_text()
+    out = series_time.main(["--quick", "--out", str(tmp_path / "d.json")])
+    assert out["series"]["smoke"]["total_s"] > 0 and out["projected_cpu"]["smoke"]["pretrain_step_s"] > 0
+    # the projection counts what it says: 2 variants x epochs x steps per epoch x seconds per step, ...
+    p, steps = out["projected_cpu"]["smoke"], 100_000 // 16
+    assert p["pretrain_s"] == pytest.approx(2 * 2 * steps * p["pretrain_step_s"], rel=0.01, abs=2)
+    assert json.loads((tmp_path / "d.json").read_text()) == out
+    assert (ROOT / "maehelpers" / "measured_durations.json").read_text() == before
+
+
+def test_ft_curve_chooses_the_smallest_budget_that_passes_both_probes():
+    import ft_curve
+    line = lambda arm, epochs, ft, recipe="pretrained": {"arm": arm, "ft_epochs": epochs, "ft_top1": ft,  # noqa: E731
+                                                          "recipe": recipe, "lp_top1_mean": 70.0, "lp_top1_cls": 71.0}
+    lines = [line("original", 10, 70.5), line("original", 40, 73.0), line("original", 20, 71.5),
+             line("random", 5, 90.0, "scratch")]
+    assert ft_curve.passing_budget(lines)["ft_epochs"] == 20     # 70.5 passes the mean-pool probe, not the cls one
+    assert ft_curve.passing_budget(lines[:1]) is None

@@ -116,8 +116,10 @@ def test_papermill_runner_stops_names_the_cell_and_resumes(tmp_path):
     assert json.loads((runs / "scratch" / "results.json").read_text())["ft"]["layer_decay"] == 1.0
     from PIL import Image
     width, height = Image.open(runs / "compare" / "recon_grid.png").size
-    assert width == 960 and height == 1050   # 6 columns x 6 images at the viz module's fixed size
-    assert "| original | 0 |" in good.stdout                                 # the final table is printed
+    # image, masked, 3 views of each norm-pix model, 1 of the pixel-target model; 6 images
+    assert width == 160 * (2 + 3 + 3 + 1) and height == 1050
+    assert not json.loads((runs / "original_pixels" / "results.json").read_text())["config"]["model"]["norm_pix_loss"]
+    assert "| original | 1 |" in good.stdout and "; original 0;" in good.stdout   # the final table, its seeds named
 
 
 def test_repo_url_lives_in_pyproject_and_one_command_changes_it(tmp_path):
@@ -192,6 +194,11 @@ def test_durations_quoted_to_users_are_the_committed_measurements():
         assert m["series"][preset]["command"] == command and m["series"][preset]["total_s"] > 0
     assert {"paper", "fast"} <= set(m["projected_cpu"])
     assert d.span(m["series"]["ablation"]["total_s"]) in d.cpu_duration("ablation")
+
+
+def test_readme_quotes_the_measured_durations():
+    from maehelpers import durations
+    assert durations.quick_start_table() in (ROOT / "README.md").read_text()
 
 
 def test_cpu_duration_reads_the_measurement_file(monkeypatch):

@@ -262,3 +262,37 @@ def test_a_study_over_a_term_of_your_own_records_it_and_reproduces(tmp_path):
         TERMS.pop("test_spread_floor")
     with pytest.raises(ValueError, match="registered loss terms"):   # without the term: said before any work
         study_command(["verify", "--arms", "floor", "--seeds", "1", *common])
+
+
+def _records(tmp_path, rows):
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps({"dataset": "fashion_mnist", "preset": "ablation", "steps": 500, **r}) + "\n"
+                            for r in rows))
+    return path
+
+
+def test_noise_check_places_one_difference_on_the_studys_seeds(tmp_path):
+    from maehelpers import verdict
+    rows = [{"arm": a, "seed": s, "knn_top1_mean": v} for s, (o, i) in enumerate([(70, 71), (70, 69), (70, 72)])
+            for a, v in (("original", o), ("improved", i))]
+    rows += [{"arm": a, "seed": 100, "split": "heldout", "knn_top1_mean": v} for a, v in (("original", 70), ("improved", 70))]
+    path = _records(tmp_path, rows)
+    # differences +1, -1, +2 (validation) and 0 (held-out): sd of [1, -1, 2, 0] = 1.2910
+    inside = verdict.noise_check(2.0, "fashion_mnist", "ablation", records=path)
+    assert inside["sd"] == pytest.approx(1.2910, abs=1e-4) and inside["band"] == pytest.approx(1.96 * 1.2910, abs=1e-3)
+    assert inside["inside"] and "cannot tell it from noise" in inside["text"]
+    outside = verdict.noise_check(-3.0, "stl10", "paper", records=path)
+    assert not outside["inside"] and "screening only" in outside["text"] and outside["text"].startswith("The study ran on")
+    assert verdict.study_paired("improved", "heldout", records=path)["diffs"] == [0.0]
+
+
+def test_verdict_lines_come_from_the_records(tmp_path):
+    from maehelpers import verdict
+    rows = [{"arm": a, "seed": s, "knn_top1_mean": 70.0 + (a == "improved") * d}
+            for s, d in enumerate([1.0, 2.0, 3.0]) for a in ("original", "improved", "unif_umae_mean_100x")]
+    rows += [{"arm": "original", "seed": 100, "split": "heldout", "knn_top1_mean": 70.0}]
+    v = verdict.verdict(records=_records(tmp_path, rows))
+    assert v["paired"]["improved"]["validation"]["diff"] == pytest.approx(2.0)
+    assert "+2.00 ± 2.48 over 3 seeds" in v["lines"][0]
+    assert "+0.00" in v["lines"][1] and v["paired"]["unif_umae_mean_100x"]["heldout"] is None
+    assert v["lines"][2].startswith("The preregistered held-out confirmation has 1 of its 100 runs")
