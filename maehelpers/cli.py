@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("out", help="the folder to write")
     x.add_argument("--img-size", type=int, help="timm: another image size (position embeddings interpolated)")
 
-    s = sub.add_parser("study", add_help=False, help="the seeded study: run | report | verify | refresh-recon | seeds "
+    s = sub.add_parser("study", add_help=False, help="the seeded study: run | report | verify | refresh-recon | refresh-health | seeds "
                                                      "(python -m maehelpers study --help)")
     s.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -91,6 +91,8 @@ def study_command(argv) -> int:
         return 0
     if args.command == "refresh-recon":
         study.refresh_recon(args)
+    if args.command == "refresh-health":
+        study.refresh_health(args)
     if args.command == "run":
         study.run_stage(args)
     study_report.report(args)

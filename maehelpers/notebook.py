@@ -309,9 +309,9 @@ QUICK_PRESETS = ("smoke", "ablation")  # presets whose extra pixel-target run ta
 
 
 def pixel_target_run(paths: Paths, wanted: bool | None = None, force: bool = False) -> dict | None:
-    """Pretrain `original_pixels` (the paper's MAE predicting plain pixels) with the settings of the
-    first pretrained run, so 05 can show a reconstruction that borrows nothing. wanted None: only
-    with the presets that train in minutes (QUICK_PRESETS)."""
+    """Pretrain and probe `original_pixels` (the paper's MAE predicting plain pixels) with the settings
+    of the first pretrained run, so 05 can show a reconstruction that borrows nothing. wanted None:
+    only with the presets that train in minutes (QUICK_PRESETS)."""
     from dataclasses import replace
     from .config import VARIANTS
     cfg = run_config(pretrained_runs(paths, False)[0])
@@ -319,7 +319,9 @@ def pixel_target_run(paths: Paths, wanted: bool | None = None, force: bool = Fal
         print(f"original_pixels skipped at preset {cfg.preset!r} (pixel_target = True trains it)")
         return None
     pixels = replace(cfg, variant=VARIANTS["original_pixels"], model=replace(cfg.model, norm_pix_loss=False))
-    return pretrain_variant(pixels, paths, force)
+    pretrain_variant(pixels, paths, force)
+    run = paths.runs_root / "original_pixels"   # its probes, so the table says what norm-pix targets buy
+    return evaluate_run(run, paths.data_root, ("lp", "knn"), device=paths.device, force=force, progress=False)
 
 
 def show_feature_health(paths: Paths):

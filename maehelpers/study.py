@@ -162,7 +162,7 @@ def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
     if reused:  # the pretraining's own threads, commit and load stay in its first record
         provenance = {f"eval_{k}": v for k, v in provenance.items()}
     return {"arm": arm, "variant": cfg.variant.name, "overrides": overrides, "seed": seed, "steps": steps,
-            **{m: res.get(m) for m in METRICS}, "ft_recipe": (res.get("ft") or {}).get("recipe"),
+            **{m: res.get(m) for m in METRICS}, **last_health(run), "ft_recipe": (res.get("ft") or {}).get("recipe"),
             "ft_epochs": args.ft_epochs if args.ft else None,
             "eval_time_s": round(time.time() - t0, 1), **provenance, **bits}
 
@@ -318,6 +318,34 @@ def run_stage(args) -> None:
               + (f"; {left} runs left, about {left * statistics.median(took) / 60:.0f} min" if left else ""), flush=True)
 
 
+HEALTH = ("effective_rank", "uniformity_wi", "uniformity_umae")  # pretrain.feature_health_of, last epoch
+
+
+def last_health(run: Path) -> dict:
+    """The feature health of a run's last epoch, from its log (empty for runs logged before it existed)."""
+    rows = [r for r in read_jsonl(run / "log_epochs.jsonl") if "effective_rank" in r]
+    return {k: rows[-1][k] for k in HEALTH} if rows else {}
+
+
+def refresh_health(args) -> None:
+    """Measure the feature health of every recorded run whose folder is here and whose record lacks
+    it (the final encoder on the same 256 training images the per-epoch log uses), and append it to
+    its record, on both splits."""
+    from .data import load_dataset
+    from .pretrain import HEALTH_IMAGES, feature_health_of, load_mae
+    cfg = arm_config("original", args, 0, args.steps)
+    images = load_dataset(args.dataset, "pretrain", args.data_root, max_images=HEALTH_IMAGES).images
+    for split in EVAL_SPLITS:
+        for (arm, seed, steps), r in read_records(Path(args.records), args.dataset, args.preset, split).items():
+            run = Path(args.runs_root) / args.dataset / f"{arm}_s{seed}_{steps}"
+            if "effective_rank" in r or not (run / "checkpoint_last.pt").exists():
+                continue
+            health = feature_health_of(load_mae(run)[0], images, cfg.model.img_size)
+            append_record({"dataset": args.dataset, "preset": args.preset, "arm": arm, "seed": seed, "steps": steps,
+                           "split": split, **health, "health_git_commit": git_commit()}, Path(args.records))
+            print(f"{arm} s{seed} ({split}): effective rank {health['effective_rank']:.1f}")
+
+
 def refresh_recon(args) -> None:
     """Recompute the reconstruction metrics of every recorded run whose folder is here, with the
     current code, and append them as records (later lines replace earlier values): for when a
@@ -364,10 +392,11 @@ def verify(args) -> int:
 # ----------------------------------------------------------------------------- command line and notebooks
 def build_parser(prog: str = "python -m maehelpers study") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("run", "report", "verify", "refresh-recon", "seeds"),
+    p.add_argument("command", choices=("run", "report", "verify", "refresh-recon", "refresh-health", "seeds"),
                    help="run: pretrain and evaluate what a stage or --arms asks for; report: tables, plots and "
                         "analyses from the records; verify: rerun records and compare; refresh-recon: recompute "
-                        "reconstruction metrics; seeds: how many seeds an interval or effect needs")
+                        "reconstruction metrics; refresh-health: measure the feature health of recorded runs "
+                        "that lack it; seeds: how many seeds an interval or effect needs")
     p.add_argument("--stage", default="dose",
                    help="dose | confirm | power | ft | budget | heldout (ignored with --arms)")
     p.add_argument("--split", choices=EVAL_SPLITS, default="validation",

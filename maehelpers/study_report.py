@@ -22,6 +22,7 @@ from .masking import mask_ratio_at
 from .pretrain import build_model
 from .runs import save_json
 from .stats import bootstrap_paired, holm, mean_interval, paired, seeds_needed, slope
+from .evaluate import EVAL_SPLITS
 from .study import (ARMS, BASELINES, HEADLINE, HELDOUT_ARMS, HELDOUT_SEEDS, METRICS, ROOT, arm_config, correct_path,
                     read_records, unpack_bits)
 from .runs import read_jsonl
@@ -511,6 +512,44 @@ def report(args) -> Path:
     for st in steps:
         plot(rows, stem.parent / f"{stem.name}_{st}.png", st)
     plot_budget(rows, stem.parent / f"{stem.name}_budget.png")
+    plot_health({split: read_records(Path(args.records), args.dataset, args.preset, split) for split in EVAL_SPLITS},
+                stem.parent / f"{stem.name}_health.png")
     print(stem.with_suffix(".md").read_text())
     return stem
+
+
+def health_pairs(records: dict, steps: int = 500) -> dict:
+    """{arm: [(change in effective rank, change in k-NN), one per seed]}: each arm minus `original` at
+    the same seed, for the runs whose records hold the feature health."""
+    base = {s: r for (a, s, st), r in records.items() if a == "original" and st == steps and "effective_rank" in r}
+    out = {}
+    for (arm, seed, st), r in sorted(records.items()):
+        if arm != "original" and st == steps and "effective_rank" in r and seed in base and r.get(HEADLINE) is not None:
+            out.setdefault(arm, []).append((r["effective_rank"] - base[seed]["effective_rank"],
+                                            r[HEADLINE] - base[seed][HEADLINE]))
+    return out
+
+
+def plot_health(records_by_split: dict, path) -> bool:
+    """Does a gain come with a higher effective rank? Per split, each (arm, seed) as a point: change in
+    the final encoder's effective rank against change in k-NN, both paired with `original`."""
+    import matplotlib.pyplot as plt
+    pairs = {split: health_pairs(r) for split, r in records_by_split.items()}
+    if not any(pairs.values()):
+        return False
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.2), squeeze=False)
+    for ax, (split, by_arm) in zip(axes[0], pairs.items()):
+        for i, (arm, pts) in enumerate(sorted(by_arm.items())):
+            ax.plot(*zip(*pts), "o", color=f"C{i % 10}", ms=5, label=arm)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("effective rank, arm minus original (same seed)")
+        ax.set_ylabel("k-NN top-1, mean pool, arm minus original")
+        ax.set_title(f"{split} split: does a gain come with a higher rank?", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 

@@ -73,7 +73,7 @@ def verdict(records=None) -> dict:
     held = read_records(records, STUDY["dataset"], STUDY["preset"], "heldout")
     done = sum(1 for (a, s, st) in held if a in HELDOUT_ARMS and s in HELDOUT_SEEDS and st == STUDY["steps"])
     total = len(HELDOUT_ARMS) * len(HELDOUT_SEEDS)
-    wording = {"validation": lambda p: claim(p["p"], p) + " (uncorrected)",
+    wording = {"validation": lambda p: f"{claim(p['p'], p)}, uncorrected for the arms screened",
                "heldout": lambda p: "no claim until all runs are in" if done < total else "see the registered analysis"}
     result, lines = {}, []
     for arm, label in arms.items():
@@ -85,11 +85,14 @@ def verdict(records=None) -> dict:
                  + ("its registered, Holm-corrected analysis is in the README." if done >= total else
                     "until all are in, no held-out difference above is a verdict (claims use the registered "
                     "analysis only)."))
-    return {"lines": lines, "paired": result}
+    return {"lines": lines, "paired": result, "heldout_done": done, "heldout_total": total}
 
 
 def draw_verdict(v: dict):
     """The paired differences behind the verdict: per arm and split, each seed a dot, the mean with its
     95 % interval as a bar (viz.draw_paired's layout)."""
     from .viz import draw_paired
-    return draw_paired({arm: {SPLITS[s]: p for s, p in splits.items()} for arm, splits in v["paired"].items()})
+    interim = v["heldout_done"] < v["heldout_total"]
+    label = {**SPLITS, "heldout": SPLITS["heldout"] + (f", interim ({v['heldout_done']} of {v['heldout_total']} runs)"
+                                                      if interim else "")}
+    return draw_paired({arm: {label[s]: p for s, p in splits.items()} for arm, splits in v["paired"].items()})

@@ -27,7 +27,8 @@ VIEW_TITLES = {"output": "output (target space)", "true stats": "true patch stat
 def draw_recon_grid(models: dict, images_u8, img_size: int, mask_ratio: float = 0.75, seed: int = 0):
     """Rows: images. Columns: image | masked input | per model, its prediction shown three ways
     (metrics.views: the target-space output, the display with the true patch statistics, the
-    reconstruction that borrows nothing; a pixel-target model needs only one). Every model sees the
+    reconstruction that borrows nothing, the last two with the visible patches pasted back; a
+    pixel-target model needs only one). Every model sees the
     SAME mask noise. Returns (figure, {model name: (N,) masked PSNR as psnr_masked computes it}, the
     pixel masks each model received)."""
     grids = {m.num_patches for m in models.values()}
@@ -50,6 +51,8 @@ def draw_recon_grid(models: dict, images_u8, img_size: int, mask_ratio: float = 
         for view, img in shown.items():
             if view == "output" and not model.norm_pix_loss:
                 continue  # a pixel model's output is its honest reconstruction
+            if view != "output":  # removed patches predicted, visible ones pasted back as they were
+                img = original * (1 - pm) + img * pm
             scored = masked_psnr(img, original, pm).cpu() if view != "output" else None
             columns.append((f"{name}:\n{VIEW_TITLES[view]}", img, scored))
     fig = _draw_columns(columns, n, f"mask ratio {mask_ratio}, mask seed {seed}; PSNR on masked pixels. "

@@ -296,3 +296,21 @@ def test_verdict_lines_come_from_the_records(tmp_path):
     assert "+2.00 ± 2.48 over 3 seeds" in v["lines"][0]
     assert "+0.00" in v["lines"][1] and v["paired"]["unif_umae_mean_100x"]["heldout"] is None
     assert v["lines"][2].startswith("The preregistered held-out confirmation has 1 of its 100 runs")
+
+
+def test_health_pairs_are_paired_with_original_by_seed():
+    rec = {("original", 0, 500): {"effective_rank": 10.0, "knn_top1_mean": 70.0},
+           ("original", 1, 500): {"effective_rank": 12.0, "knn_top1_mean": 71.0},
+           ("umae", 0, 500): {"effective_rank": 15.0, "knn_top1_mean": 72.0},
+           ("umae", 1, 500): {"effective_rank": 11.0, "knn_top1_mean": 70.5},
+           ("umae", 2, 500): {"effective_rank": 20.0, "knn_top1_mean": 75.0},     # no original at seed 2
+           ("lowpass", 0, 500): {"knn_top1_mean": 69.0}}                         # no health recorded
+    assert study_report.health_pairs(rec) == {"umae": [(5.0, 2.0), (-1.0, -0.5)]}
+
+
+def test_a_run_records_its_last_epochs_feature_health(tmp_path):
+    (tmp_path / "log_epochs.jsonl").write_text('{"epoch": 1, "effective_rank": 3.0, "uniformity_wi": -1.0, '
+                                               '"uniformity_umae": 0.5}\n{"epoch": 2, "effective_rank": 4.0, '
+                                               '"uniformity_wi": -2.0, "uniformity_umae": 0.25}\n')
+    assert study.last_health(tmp_path) == {"effective_rank": 4.0, "uniformity_wi": -2.0, "uniformity_umae": 0.25}
+    assert study.last_health(tmp_path / "elsewhere") == {}
