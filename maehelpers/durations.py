@@ -88,6 +88,6 @@ def quick_start_table() -> str:
     head = "| where | what runs | command | duration |\n|---|---|---|---|\n"
     note = (f"\nDurations: `python benchmarks/series_time.py` ({m.get('date', 'not run')}, "
             f"{m.get('machine', {}).get('cpu', '?')}, {m.get('machine', {}).get('torch_threads', '?')} threads, "
-            f"load {m.get('load_1min', '?')}); the paper preset's is projected from its measured step times "
+            f"1-minute load {m.get('load_1min', ['?'])[0]} before the runs); the paper preset's is projected from its measured step times "
             "(pretraining, fine-tuning, feature extraction; not the probes or the download).\n")
     return head + "".join(f"| {' | '.join(r)} |\n" for r in rows) + note

@@ -355,3 +355,16 @@ def show_verdict():
     v = verdict()
     print("\n".join(f"{i}. {line}" for i, line in enumerate(v["lines"], 1)))
     return draw_verdict(v)
+
+
+def show_ft_budget():
+    """The measured fine-tuning curve of the study's setting (benchmarks/ft_curve.py, committed):
+    at how many epochs pretrained fine-tuning passes its own probe, beside scratch."""
+    from .study import RESULTS
+    path = RESULTS / "ft_curve.json"
+    if not path.exists():
+        print("no fine-tuning curve is committed yet: python benchmarks/ft_curve.py run, then report")
+        return None
+    print(json.loads(path.read_text())["verdict"])
+    from IPython.display import Image, display
+    display(Image(filename=str(RESULTS / "ft_curve.png")))

@@ -51,3 +51,11 @@ def test_ft_curve_chooses_the_smallest_budget_that_passes_both_probes():
              line("random", 5, 90.0, "scratch")]
     assert ft_curve.passing_budget(lines)["ft_epochs"] == 20     # 70.5 passes the mean-pool probe, not the cls one
     assert ft_curve.passing_budget(lines[:1]) is None
+
+
+def test_readme_quotes_the_committed_fine_tuning_curve():
+    import ft_curve
+    curve = json.loads((ROOT / "benchmarks" / "results" / "ft_curve.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert curve["verdict"] in readme and ft_curve.README_MARKS[0] in readme
+    assert curve["chosen"] == ft_curve.passing_budget(curve["lines"])
