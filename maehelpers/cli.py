@@ -115,8 +115,8 @@ def run_command(args, cuda: bool | None = None) -> None:
     preset = args.preset or ("paper" if cuda else CPU_PRESET)
     data_root, runs_root = Path(args.data_root).resolve(), Path(args.runs_root).resolve()
     make_config("original", preset, args.dataset)  # unknown names fail here, before any work
+    preflight(args.dataset, data_root)  # offline without STL-10: stop at once, naming the choices
     print(run_banner(preset, args.dataset, cuda, chosen=args.preset is None), flush=True)
-    preflight(args.dataset, data_root)
     params = {"dataset": args.dataset, "preset": preset, "data_root": str(data_root),
               "runs_root": str(runs_root), "seed": args.seed, "device": args.device, "live_widgets": False,
               "official_look": False}  # no 450 MB download unasked: -p official_look True

@@ -377,6 +377,7 @@ def verify(args) -> int:
                 failed += 1
                 continue
             data = data or load_eval_data(arm_config("original", args, 0, key[2]), args.data_root, args.split)
+            args.ft_epochs = records[key].get("ft_epochs") or args.ft_epochs  # at the record's own budget
             again = raw_pixel_record(args, key[2], data) if key[0] == "raw_pixels" else run_arm(*key, args, data)
             tuned = ("ft_top1",) if args.ft and records[key].get("ft_top1") is not None else ()
             for m in ("lp_top1_mean", "lp_top1_cls", "knn_top1_mean", "knn_top1_cls", *tuned):
@@ -409,7 +410,10 @@ def build_parser(prog: str = "python -m maehelpers study") -> argparse.ArgumentP
     p.add_argument("--seeds", type=int, nargs="+", help="default: 0 (heldout stage: the preregistered seeds)")
     p.add_argument("--steps", type=int, default=500, help="pretraining steps (a multiple of an epoch: 125 in ablation)")
     p.add_argument("--ft", action="store_true", help="also fine-tune (scratch recipe for the random arm)")
-    p.add_argument("--ft-epochs", type=int, default=10, help="fine-tuning epochs on the probe's training images")
+    p.add_argument("--ft-epochs", type=int, default=20,
+                   help="fine-tuning epochs on the probe's training images (20: the smallest budget at which "
+                        "fine-tuning passed its probe on the measured curve, benchmarks/ft_curve.py; the "
+                        "records before it used 10)")
     p.add_argument("--budget-minutes", type=float, default=0, help="stop before a run that would not fit")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="cpu", help="cpu (deterministic records) or cuda (with --preset ablation_gpu)")

@@ -51,6 +51,8 @@ def test_ft_curve_chooses_the_smallest_budget_that_passes_both_probes():
              line("random", 5, 90.0, "scratch")]
     assert ft_curve.passing_budget(lines)["ft_epochs"] == 20     # 70.5 passes the mean-pool probe, not the cls one
     assert ft_curve.passing_budget(lines[:1]) is None
+    lines.append(line("random", 20, 72.0, "scratch"))
+    assert ft_curve.scratch_gap(lines) == " Pretrained minus scratch at the same budget: -0.50 at 20 epochs (one seed each)."
 
 
 def test_readme_quotes_the_committed_fine_tuning_curve():

@@ -33,7 +33,7 @@ def test_ablation_runner_tiny_records_skip_and_report(tmp_path):
     assert "threads" not in tuned and tuned["eval_threads"] == first["threads"]  # the pretraining's stay its own
     merged = study.read_records(tmp_path / "runs.jsonl")[("original", 0, 16)]
     assert merged["git_commit"] == first["git_commit"] and merged["ft_top1"] == tuned["ft_top1"]
-    ft_verify = ["verify", "--arms", "original", "--seeds", "0", "--ft", "--ft-epochs", "1", *common]
+    ft_verify = ["verify", "--arms", "original", "--seeds", "0", "--ft", *common]   # at the record's own budget
     assert study_command(ft_verify) == 0                                          # fine-tuning reproduces too
     with open(tmp_path / "runs.jsonl", "a") as f:
         f.write(json.dumps({**tuned, "ft_top1": tuned["ft_top1"] + 1.0}) + "\n")
