@@ -15,7 +15,6 @@ can grow over several sessions. `report` writes ft_curve.{md,png} and names the 
 which pretrained fine-tuning passes both of its probes, if one was measured.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -58,8 +57,9 @@ def run(a) -> None:
         print("every requested point is recorded")
         return
     data = load_eval_data(study.arm_config("original", args, a.seed, STEPS), args.data_root, "validation")
+    encoders = {arm: encoder_run(arm, a.seed, args, data) for arm in {arm for arm, _ in todo}}  # once per arm
     for arm, epochs in todo:
-        folder, probe = encoder_run(arm, a.seed, args, data)
+        folder, probe = encoders[arm]
         scratch = arm == "random"
         cfg = apply_overrides(run_config(folder), {"eval.ft_epochs": epochs})
         e = cfg.eval
@@ -72,8 +72,7 @@ def run(a) -> None:
                 "time_s": res["time_s"], "threads": a.threads, "load": [round(load0, 2), round(os.getloadavg()[0], 2)],
                 "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "split": "validation", "dataset": args.dataset, "preset": args.preset}
-        with open(a.records, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        study.append_record(line, a.records)
         print(f"{arm} s{a.seed} {epochs} epochs: fine-tuning {res['top1']:.2f} (probe {probe['lp_top1_mean']:.2f} mean "
               f"pool, {probe['lp_top1_cls']:.2f} cls) in {res['time_s'] / 60:.1f} min", flush=True)
 

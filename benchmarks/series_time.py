@@ -30,13 +30,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from maehelpers.config import make_config  # noqa: E402
 from maehelpers import durations  # noqa: E402
 from maehelpers.durations import MEASURED_FILE  # noqa: E402
 from maehelpers.study_report import replace_readme_tables  # noqa: E402
 from maehelpers.model import MAE, ViTClassifier  # noqa: E402
+from maehelpers.pretrain import cpu_name  # noqa: E402
 from maehelpers.runs import git_commit  # noqa: E402
+from speed import step_fn, timed  # noqa: E402
 
 STL10 = {"pretrain_images": 100_000, "probe_train": 5_000, "probe_test": 8_000}  # the unlabeled, train, test splits
 
@@ -54,12 +57,7 @@ def timed_series(dataset: str, preset: str, runs_root: Path) -> dict:
 
 def _median_seconds(step, repeats: int) -> float:
     step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed(step) for _ in range(repeats))
 
 
 def step_times(preset: str, repeats: int) -> dict:
@@ -68,19 +66,16 @@ def step_times(preset: str, repeats: int) -> dict:
     m, t, e = cfg.model, cfg.train, cfg.eval
     torch.manual_seed(0)
     mae, clf = MAE(**asdict(m)), ViTClassifier(10, drop_path=e.ft_drop_path, **asdict(m))
-    opts = [torch.optim.AdamW(net.parameters(), lr=1e-4) for net in (mae, clf)]
+    opt = torch.optim.AdamW(clf.parameters(), lr=1e-4)
     x_pre, x_ft = torch.randn(t.batch_size, 3, m.img_size, m.img_size), torch.randn(e.batch_size, 3, m.img_size, m.img_size)
     labels = torch.randint(0, 10, (e.batch_size,))
 
-    def pretrain_step():
-        opts[0].zero_grad()
-        mae(x_pre, cfg.variant.mask_ratio)[0].backward()
-        opts[0].step()
+    pretrain_step = step_fn(mae, "ours", x_pre, torch.device("cpu"))  # benchmarks/speed.py's step, mask 0.75
 
     def ft_step():
-        opts[1].zero_grad()
+        opt.zero_grad()
         torch.nn.functional.cross_entropy(clf(x_ft), labels).backward()
-        opts[1].step()
+        opt.step()
 
     @torch.no_grad()
     def features():
@@ -107,9 +102,7 @@ def projection(preset: str, steps: dict) -> dict:
 
 
 def machine() -> dict:
-    return {"cpu": subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
-                                  capture_output=True, text=True).stdout.strip(),
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def main(argv=None) -> dict:
