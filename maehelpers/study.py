@@ -232,7 +232,10 @@ def read_records(path=None, dataset: str | None = None, preset: str | None = Non
                 or r.get("split", "validation") != split:
             continue
         key = (r["arm"], r["seed"], r["steps"])
-        merged[key] = {**merged.get(key, {}), **{k: v for k, v in r.items() if v is not None}}
+        ft = dict(merged.get(key, {}).get("ft_by_epochs", {}))  # each fine-tuning budget keeps its own score
+        if r.get("ft_top1") is not None:
+            ft[r.get("ft_epochs")] = r["ft_top1"]
+        merged[key] = {**merged.get(key, {}), **{k: v for k, v in r.items() if v is not None}, **({"ft_by_epochs": ft} if ft else {})}
     return merged
 
 

@@ -56,45 +56,117 @@ def summarise(records: dict) -> list[dict]:
             if arm != "original" and arm != "raw_pixels":
                 base_vals = {s: r[m] for s, r in base.items() if r.get(m) is not None}
                 row[f"{m}_vs_original"], row[f"{m}_base_n"] = paired(base_vals, vals), len(base_vals)
-        row["ft_epochs"] = next((r["ft_epochs"] for r in by_seed.values() if r.get("ft_epochs")), None)
+        base_ft = fine_tuned(base) if arm != "original" else {}
+        row["ft"] = {e: ft_summary(v, base_ft.get(e, {})) for e, v in sorted(fine_tuned(by_seed).items(), key=str)}
         row["under_load"] = any(r.get("under_load") for r in by_seed.values())
         rows.append(row)
     return rows
 
 
+def fine_tuned(by_seed: dict) -> dict:
+    """{epochs: {seed: fine-tuning top-1}} of one arm's records: every budget it was fine-tuned at."""
+    out = {}
+    for s, r in by_seed.items():
+        ft = r.get("ft_by_epochs") or ({r.get("ft_epochs"): r["ft_top1"]} if r.get("ft_top1") is not None else {})
+        for e, v in ft.items():
+            out.setdefault(e, {})[s] = v
+    return out
+
+
+def ft_summary(values: dict, base: dict) -> dict:
+    """Mean and sd over seeds of one budget's fine-tuning, and the paired difference to original's."""
+    v = list(values.values())
+    return {"mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else None, "seeds": sorted(values),
+            "vs_original": paired(base, values) if base else None}
+
+
 # ----------------------------------------------------------------------------- compute
+_STEP_FLOPS = {}
+
+
+def image_step_flops(cfg):
+    """keep -> FLOPs of one image's training step (forward and backward) with `keep` visible patches.
+    The encoder's linear layers grow with its tokens (keep + cls), its attention with their square,
+    and the rest (the patch embedding of every patch, the decoder over all of them) is fixed, so the
+    count is a quadratic in keep + 1: three counts from torch's flop counter give every keep exactly
+    (a test checks a fourth). Loss terms are not counted: they act on a batch of pooled features or
+    on the 28-pixel images, small beside the model. Cached per model size."""
+    key = repr(cfg.model)
+    if key not in _STEP_FLOPS:
+        model = build_model(cfg)
+        imgs, L = torch.zeros(1, 3, cfg.model.img_size, cfg.model.img_size), model.num_patches
+        points = {}
+        for ratio in (0.25, 0.5, 0.75):  # the model keeps int(L * (1 - ratio)) patches
+            points[int(L * (1 - ratio)) + 1] = flops_per_step(lambda: model(imgs, ratio)[0].backward())
+        (t0, f0), (t1, f1), (t2, f2) = points.items()
+
+        def flops(keep: int) -> float:  # Lagrange through the three counts, in t = keep + 1
+            t = keep + 1
+            return round(f0 * (t - t1) * (t - t2) / ((t0 - t1) * (t0 - t2)) + f1 * (t - t0) * (t - t2) /
+                         ((t1 - t0) * (t1 - t2)) + f2 * (t - t0) * (t - t1) / ((t2 - t0) * (t2 - t1)))
+        _STEP_FLOPS[key] = flops
+    return _STEP_FLOPS[key]
+
+
 def pretrain_flops(arm: str, args, steps: int) -> float:
-    """Training FLOPs of one run (forward + backward, torch's flop counter), summed over its mask-ratio
-    schedule: a step's count depends only on how many patches stay visible."""
+    """Training FLOPs of one run, summed over its mask-ratio schedule: a step's count depends only on
+    how many patches stay visible. A schedule that draws the ratio at random counts its expectation
+    (the mean over 16 evenly spaced draws per step)."""
     cfg = arm_config(arm, args, 0, steps)
-    model, L = build_model(cfg), (cfg.model.img_size // cfg.model.patch_size) ** 2
-    imgs = torch.zeros(1, 3, cfg.model.img_size, cfg.model.img_size)
-    by_keep, total = {}, 0.0
-    for step in range(steps):
-        ratio = mask_ratio_at(step / steps, cfg.variant)
-        keep = int(L * (1 - ratio))
-        if keep not in by_keep:
-            by_keep[keep] = flops_per_step(lambda: model(imgs, ratio)[0].backward())
-        total += by_keep[keep] * cfg.train.batch_size
-    return total
+    flops, L = image_step_flops(cfg), (cfg.model.img_size // cfg.model.patch_size) ** 2
+    draws = [(i + 0.5) / 16 for i in range(16)]
+    return cfg.train.batch_size * sum(statistics.fmean(flops(int(L * (1 - mask_ratio_at(step / steps, cfg.variant, u))))
+                                                       for u in draws) for step in range(steps))
 
 
-def compute_matched(rows, args, arm: str = "curriculum", steps: int = 500) -> dict | None:
-    """`arm` against original at equal training FLOPs: the arm's k-NN at `steps` against original's
-    mean k-NN at the steps with the same FLOPs, interpolated linearly in log(steps) between the two
-    nearest budgets that original has been run at (a reading of its learning curve, not a run)."""
-    curve = sorted((r["steps"], r[HEADLINE]) for r in rows if r["arm"] == "original" and r.get(HEADLINE) is not None)
-    mine = next((r for r in rows if r["arm"] == arm and r["steps"] == steps and r.get(HEADLINE) is not None), None)
-    if mine is None or len(curve) < 2:
+def flops_ratios(rows, args) -> dict:
+    """{arm: training FLOPs / original's at the same steps} for every pretrained arm in rows."""
+    out = {}
+    for r in rows:
+        if r["arm"] in ARMS or r["arm"] in (getattr(args, "extra_arms", None) or {}):
+            out[(r["arm"], r["steps"])] = pretrain_flops(r["arm"], args, r["steps"]) / pretrain_flops("original", args,
+                                                                                                  r["steps"])
+    return out
+
+
+def _at_log_steps(points: list, target: float, shape: str) -> float:
+    """original's k-NN at `target` steps from one seed's (steps, value) points, read in log steps:
+    'linear' between the two budgets around the target, 'quadratic' through the three lowest (concave
+    where the curve flattens)."""
+    pts = sorted(points)
+    if shape == "linear":
+        (s0, a0), (s1, a1) = next(((p, q) for p, q in zip(pts, pts[1:]) if p[0] <= target <= q[0]), pts[:2])
+        return a0 + (a1 - a0) * math.log(target / s0) / math.log(s1 / s0)
+    (x0, a0), (x1, a1), (x2, a2) = ((math.log(s), a) for s, a in pts[:3])
+    x = math.log(target)
+    return (a0 * (x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2)) + a1 * (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2))
+            + a2 * (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1)))
+
+
+def compute_matched(records: dict, args, arm: str = "curriculum", steps: int = 500) -> dict | None:
+    """`arm` against original at equal training FLOPs, paired by seed: for every seed that has the arm
+    at `steps` and original at two or more budgets, original's k-NN at the steps with the arm's FLOPs is
+    read off that seed's own learning curve (log-linear between the budgets around it; and, with three
+    budgets, through a quadratic in log steps, which bends where the curve flattens), and the arm's
+    k-NN minus that reading gets a t interval over seeds. A reading of curves, not a run."""
+    curves = {}
+    for (a, s, st), r in records.items():
+        if a == "original" and r.get(HEADLINE) is not None:
+            curves.setdefault(s, []).append((st, r[HEADLINE]))
+    mine = {s: r[HEADLINE] for (a, s, st), r in records.items() if a == arm and st == steps and r.get(HEADLINE) is not None}
+    seeds = sorted(s for s in mine if len(curves.get(s, [])) >= 2 and any(st == steps for st, _ in curves[s]))
+    if not seeds:
         return None
     ratio = pretrain_flops(arm, args, steps) / pretrain_flops("original", args, steps)
     target = steps * ratio
-    (s0, a0), (s1, a1) = next(((p, q) for p, q in zip(curve, curve[1:]) if p[0] <= target <= q[0]), curve[:2])
-    matched = a0 + (a1 - a0) * math.log(target / s0) / math.log(s1 / s0)
-    return {"arm": arm, "steps": steps, "flops_ratio": ratio, "original_steps_at_equal_flops": target,
-            "original_at_equal_flops": matched, "arm_value": mine[HEADLINE], "diff_at_equal_flops": mine[HEADLINE] - matched,
-            "diff_at_equal_steps": (mine.get(f"{HEADLINE}_vs_original") or {}).get("diff"),
-            "interpolated_between": [s0, s1], "seeds": mine["seeds"]}
+    out = {"arm": arm, "steps": steps, "flops_ratio": ratio, "original_steps_at_equal_flops": target, "seeds": seeds,
+           "budgets": sorted({st for s in seeds for st, _ in curves[s]}),
+           "at_equal_steps": paired({s: dict(curves[s])[steps] for s in seeds}, {s: mine[s] for s in seeds})}
+    for shape in ("linear", "quadratic"):
+        usable = [s for s in seeds if len(curves[s]) >= (2 if shape == "linear" else 3)]
+        if usable:
+            out[shape] = paired({s: _at_log_steps(curves[s], target, shape) for s in usable}, {s: mine[s] for s in usable})
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -126,10 +198,14 @@ def markdown(rows) -> str:
         lines.append(f"| {r['arm']} | {r['steps']} | {len(r['seeds'])} | {fmt_value(r, 'knn_top1_mean')} | "
                      f"{fmt_diff(r, 'knn_top1_mean')} | {fmt_value(r, 'lp_top1_mean')} | {fmt_diff(r, 'lp_top1_mean')} | "
                      f"{fmt_value(r, 'knn_top1_cls')} | {fmt_diff(r, 'knn_top1_cls')} | {fmt_value(r, 'lp_top1_cls')} | "
-                     f"{fmt_diff(r, 'lp_top1_cls')} | {fmt_value(r, 'ft_top1')} | {fmt_value(r, 'nmse_masked', 3)} | "
+                     f"{fmt_diff(r, 'lp_top1_cls')} | {fmt_ft(r)} | {fmt_value(r, 'nmse_masked', 3)} | "
                      f"{fmt_psnr(r)} | {time_s} |")
     return "\n".join(lines) + ("\n\nΔ: paired by seed, mean ± 95 % t half-width; '(1 seed)' has no interval. "
                                "* timing taken while the machine was under load.\n")
+
+
+def fmt_ft(row) -> str:
+    return "; ".join(f"{f['mean']:.2f} ({e} ep)" for e, f in row.get("ft", {}).items())
 
 
 def fmt_psnr(row) -> str:
@@ -141,13 +217,16 @@ def table(head: list[str], lines: list[list[str]]) -> str:
                       *("| " + " | ".join(cells) + " |" for cells in lines)])
 
 
-def arm_table(rows, steps: int) -> str:
-    """Every arm at one budget: both probes on the mean pool, the cls-token differences, reconstruction."""
+def arm_table(rows, steps: int, flops: dict | None = None) -> str:
+    """Every arm at one budget: both probes on the mean pool, the cls-token differences, reconstruction
+    and (given `flops_ratios`) the training FLOPs against original's."""
+    flops = flops or {}
     return table(["arm", "seeds", "k-NN, mean pool", "Δ vs original", "LP, mean pool", "Δ", "k-NN, cls Δ", "LP, cls Δ",
-                  "nMSE masked", "PSNR masked (floor)"],
+                  "nMSE masked", "PSNR masked (floor)", "FLOPs vs original"],
                  [[r["arm"], str(len(r["seeds"])), fmt_value(r, "knn_top1_mean"), fmt_diff(r, "knn_top1_mean"),
                    fmt_value(r, "lp_top1_mean"), fmt_diff(r, "lp_top1_mean"), fmt_diff(r, "knn_top1_cls"),
-                   fmt_diff(r, "lp_top1_cls"), fmt_value(r, "nmse_masked", 3), fmt_psnr(r)]
+                   fmt_diff(r, "lp_top1_cls"), fmt_value(r, "nmse_masked", 3), fmt_psnr(r),
+                   f"{flops[(r['arm'], steps)]:.3f}x" if (r["arm"], steps) in flops else ""]
                   for r in rows if r["steps"] == steps])
 
 
@@ -168,20 +247,27 @@ def budget_table(rows) -> str:
 
 
 def ft_table(rows) -> str:
-    """Fine-tuning where it was run; the random encoder is fine-tuned with the scratch recipe."""
-    return table(["arm", "steps", "seeds", "fine-tuning top-1", "Δ vs original", "recipe"],
-                 [[r["arm"], str(r["steps"]), str(r["ft_top1_n"]), fmt_value(r, "ft_top1"), fmt_diff(r, "ft_top1"),
-                   f"{'scratch, no layer-wise decay' if r['arm'] == 'random' else 'layer-wise decay'}, "
-                   f"{r.get('ft_epochs')} epochs"]
-                  for r in rows if r.get("ft_top1") is not None])
+    """Fine-tuning where it was run, one line per budget; the random encoder with the scratch recipe."""
+    lines = []
+    for e in sorted({e for r in rows for e in r.get("ft", {})}, key=str):
+        for r in rows:
+            f = r.get("ft", {}).get(e)
+            if f:
+                p = f["vs_original"]
+                lines.append([r["arm"], str(r["steps"]), str(e), str(len(f["seeds"])),
+                              f"{f['mean']:.2f}" + (f" ± {f['sd']:.2f}" if f["sd"] is not None else ""),
+                              "" if not p else f"{p['diff']:+.2f}" + (f" ± {p['ci95']:.2f}" if p["ci95"] is not None
+                                                                      else " (1 seed)"),
+                              "scratch, no layer-wise decay" if r["arm"] == "random" else "layer-wise decay"])
+    return table(["arm", "steps", "epochs", "seeds", "fine-tuning top-1", "Δ vs original", "recipe"], lines)
 
 
-def readme_tables(rows) -> str:
+def readme_tables(rows, flops: dict | None = None) -> str:
     """The README's tables, generated from the summary rows: every arm at the shortest budget,
     the learning curve, and fine-tuning where run."""
     base = min((r["steps"] for r in rows), default=0)
-    parts = [f"Per arm, at {base} steps:", arm_table(rows, base), "By budget (the learning curve):", budget_table(rows)]
-    if any(r.get("ft_top1") is not None for r in rows):
+    parts = [f"Per arm, at {base} steps:", arm_table(rows, base, flops), "By budget (the learning curve):", budget_table(rows)]
+    if any(r.get("ft") for r in rows):
         parts += ["Fine-tuning:", ft_table(rows)]
     return "\n\n".join(parts) + "\n"
 
@@ -202,44 +288,60 @@ def replace_readme_tables(path, tables: str, marks=README_MARKS) -> None:
 
 
 def matched_markdown(m) -> str:
-    if not m:
+    """The compute-matched reading as one line, with its intervals (empty without one)."""
+    if not m or "linear" not in m:
         return ""
-    return (f"\nCompute-matched: {m['arm']} at {m['steps']} steps costs {m['flops_ratio']:.3f}x the training FLOPs "
-            f"of original; original at {m['original_steps_at_equal_flops']:.0f} steps (interpolated in log steps "
-            f"between its {m['interpolated_between'][0]}- and {m['interpolated_between'][1]}-step runs) scores "
-            f"{m['original_at_equal_flops']:.2f} k-NN, so {m['arm']} is {m['diff_at_equal_flops']:+.2f} at equal "
-            f"FLOPs ({m['diff_at_equal_steps']:+.2f} at equal steps; seeds {m['seeds']}).\n")
+    shapes = [f"{fmt_interval(m['linear'])} read log-linearly between the two budgets around it ({m['linear']['n']} seeds)"]
+    if "quadratic" in m:
+        shapes.append(f"{fmt_interval(m['quadratic'])} through a quadratic in log steps ({m['quadratic']['n']} seeds)")
+    return (f"- Compute-matched: `{m['arm']}` at {m['steps']} steps costs {m['flops_ratio']:.3f}x the training FLOPs of "
+            f"`original`; against `original` at {m['original_steps_at_equal_flops']:.0f} steps, read on each seed's own "
+            f"learning curve ({', '.join(map(str, m['budgets']))} steps), its k-NN difference is "
+            f"{' and '.join(shapes)}; at equal steps on the same seeds {fmt_interval(m['at_equal_steps'])}. "
+            "A reading of curves, not a run.\n")
 
 
-def plot(rows, path, steps: int) -> None:
-    """Paired differences to `original` (k-NN and linear probe; mean pool filled, cls hollow),
-    with 95 % intervals and a zero line: what each arm changes, not absolute accuracies."""
+def _diff_panel(ax, rows, arms, metric: str, steps: int) -> None:
+    """One panel: each arm's paired differences to original on `metric` (mean pool filled, cls hollow),
+    seeds as small dots, the mean with its 95 % t interval, the zero line and raw pixels' level."""
+    for y, r in enumerate(arms):
+        for pool, style in (("mean", dict(color="C0")), ("cls", dict(color="C1", mfc="none"))):
+            p = r.get(f"{metric}_{pool}_vs_original")
+            if p:
+                off = -0.15 if pool == "mean" else 0.15
+                ax.plot(p.get("diffs", []), [y + off] * len(p.get("diffs", [])), ".", color=style["color"],
+                        alpha=0.35, ms=4)  # each seed's difference
+                ax.errorbar(p["diff"], y + off, xerr=p["ci95"] or 0, fmt="o", ms=4, capsize=2,
+                            label=f"{pool} pool" if y == 0 else None, **style)
+    ax.axvline(0, color="k", lw=0.8)
+    base, raw = (next((r for r in rows if r["steps"] == steps and r["arm"] == a), {}) for a in ("original", "raw_pixels"))
+    if raw.get(f"{metric}_mean") is not None and base.get(f"{metric}_mean") is not None:
+        ax.axvline(raw[f"{metric}_mean"] - base[f"{metric}_mean"], color="0.5", ls="--", lw=0.8, label="raw pixels")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_yticks(range(len(arms)), [f"{r['arm']} (n={len(r['seeds'])})" for r in arms], fontsize=7)
+    ax.set_ylim(len(arms) - 0.5, -0.5)
+
+
+def plot(rows_by_split: dict, path, steps: int) -> None:
+    """The study's picture: per split (validation, held-out), each arm's paired differences to
+    `original` on k-NN and the linear probe: what each arm changes, not absolute accuracies."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    arms = [r for r in rows if r["steps"] == steps and r["arm"] not in ("original", "raw_pixels")
-            and r.get("knn_top1_mean_vs_original")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.32 * len(arms) + 1.6), dpi=100, sharey=True)
-    for ax, metric in zip(axes, ("knn_top1", "lp_top1")):
-        for y, r in enumerate(arms):
-            for pool, style in (("mean", dict(color="C0")), ("cls", dict(color="C1", mfc="none"))):
-                p = r.get(f"{metric}_{pool}_vs_original")
-                if p:
-                    off = -0.15 if pool == "mean" else 0.15
-                    ax.plot(p.get("diffs", []), [y + off] * len(p.get("diffs", [])), ".", color=style["color"],
-                            alpha=0.35, ms=4)  # each seed's difference
-                    ax.errorbar(p["diff"], y + off, xerr=p["ci95"] or 0, fmt="o", ms=4, capsize=2,
-                                label=f"{pool} pool" if y == 0 else None, **style)
-        ax.axvline(0, color="k", lw=0.8)
-        base, raw = (next((r for r in rows if r["steps"] == steps and r["arm"] == a), {}) for a in ("original", "raw_pixels"))
-        if raw.get(f"{metric}_mean") is not None and base.get(f"{metric}_mean") is not None:
-            ax.axvline(raw[f"{metric}_mean"] - base[f"{metric}_mean"], color="0.5", ls="--", lw=0.8,
-                       label="raw pixels")
-        ax.set_title(f"{'k-NN' if metric == 'knn_top1' else 'linear probe'}: top-1 minus original (points)", fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(arms)), [f"{r['arm']} (n={len(r['seeds'])})" for r in arms], fontsize=7)
-    axes[0].invert_yaxis()
-    axes[0].legend(fontsize=7, loc="lower right")
+    panels = {split: [r for r in rows if r["steps"] == steps and r["arm"] not in ("original", "raw_pixels")
+                      and r.get("knn_top1_mean_vs_original")] for split, rows in rows_by_split.items()}
+    panels = {k: v for k, v in panels.items() if v}
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, sum(0.32 * len(a) + 1.0 for a in panels.values()) + 0.6),
+                             dpi=100, squeeze=False, gridspec_kw={"height_ratios": [len(a) + 2 for a in panels.values()]})
+    for row_axes, (split, arms) in zip(axes, panels.items()):
+        for ax, metric in zip(row_axes, ("knn_top1", "lp_top1")):
+            _diff_panel(ax, rows_by_split[split], arms, metric, steps)
+            ax.set_title(f"{split} split: {'k-NN' if metric == 'knn_top1' else 'linear probe'}, top-1 minus "
+                         "original (points)", fontsize=9)
+        row_axes[1].set_yticklabels([])
+        row_axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{steps} steps; small dots: each seed's paired difference; whiskers: 95 % t interval over seeds "
                  "(none with one seed)", fontsize=9)
     fig.tight_layout()
@@ -377,10 +479,13 @@ def fmt_interval(p: dict) -> str:
     return f"{p['diff']:+.2f} [{p['diff'] - p['ci95']:+.2f}, {p['diff'] + p['ci95']:+.2f}]"
 
 
+METRIC_NAMES = {HEADLINE: "k-NN top-1, mean pool (primary)", "lp_top1_mean": "linear probe top-1, mean pool (secondary)"}
+
+
 def heldout_markdown(analysis: dict, registered: str) -> str:
-    lines = [f"## Held-out confirmation (test images 5,000-9,999; fresh seeds; registered {registered} UTC)", ""]
+    lines = [f"**Held-out confirmation** (test images 5,000-9,999; fresh seeds; registered {registered} UTC).", ""]
     for m, a in analysis.items():
-        lines += [f"### {m}", "", "Family 1, against original (Holm over the arms present):", "",
+        lines += [f"*{METRIC_NAMES.get(m, m)}*. Family 1, against original (Holm over the arms present):", "",
                   table(["arm", "seeds", "Δ [95 % t over seeds]", "bootstrap over images (95 %)", "p", "p (Holm)",
                          "MDE", "claim"],
                         [[k, str(v["n"]), fmt_interval(v),
@@ -442,8 +547,9 @@ def winners_curse(records: dict, steps: int = 500, metric: str = HEADLINE) -> di
     return {"arm": best, "screened": len(screened), **p, "p_bonferroni": min(1.0, p["p"] * len(screened))}
 
 
-def analyses_markdown(records: dict) -> str:
-    """The validation records' exploratory analyses declared in benchmarks/preregistered.md, as lines."""
+def analyses_markdown(records: dict, args) -> str:
+    """The validation records' exploratory analyses declared in benchmarks/preregistered.md, as lines
+    (args: the study's dataset and preset, for the compute-matched reading's FLOPs)."""
     lines = []
     for metric, name in ((HEADLINE, "k-NN"), ("lp_top1_mean", "linear-probe")):
         w = winners_curse(records, metric=metric)
@@ -462,7 +568,8 @@ def analyses_markdown(records: dict) -> str:
         if r and r.get("ci95") is not None:
             lines.append(f"- Still rising? `{arm}` at 4000 minus 2000 steps: {fmt_interval(r)} k-NN over {r['n']} "
                          f"paired seeds (p {_p(r['p'])}).")
-    return "\n".join(lines) + "\n"
+    matched = matched_markdown(compute_matched(records, args))
+    return "\n".join(lines + ([matched.rstrip()] if matched else [])) + "\n"
 
 
 def seeds_table(rows, half_width: float = 0.5, effect: float | None = None) -> str:
@@ -483,6 +590,29 @@ def seeds_text(args) -> str:
     return seeds_table(rows, args.half_width or 0.5, args.effect)
 
 
+HELDOUT_MARKS = ("<!-- held-out confirmation: generated by `python -m maehelpers study report --readme README.md` -->",
+                 "<!-- end of generated held-out confirmation -->")
+
+
+def heldout_report(args, interim: bool = False) -> tuple[str, dict | None]:
+    """The held-out stage as markdown: its per-arm table and the registered analysis once all registered
+    runs are in (or with `interim`), else how many are; and the analysis itself (None before)."""
+    held = read_records(Path(args.records), args.dataset, args.preset, "heldout")
+    if not held:
+        return "", None
+    total = len(HELDOUT_ARMS) * len(HELDOUT_SEEDS)
+    done = sum((a, s, 500) in held for a in HELDOUT_ARMS for s in HELDOUT_SEEDS)
+    table_md = f"Per arm, held-out split, 500 steps:\n\n{arm_table(summarise(held), 500)}\n\n"
+    if done < total and not interim:
+        return (f"Held-out stage: {done} of {total} registered runs recorded; the registered analysis is reported when "
+                "all are in (`report --interim` shows it before).\n"), None
+    when = registered_at()
+    check_registered(held, when)
+    analysis = heldout_analysis(held, read_correct(correct_path(args.records), args.dataset, args.preset, 500))
+    note = "" if done == total else f"**Interim: {done} of {total} registered runs; no claim.**\n\n"
+    return note + table_md + heldout_markdown(analysis, when), analysis
+
+
 def report(args) -> Path:
     records = read_records(Path(args.records), args.dataset, args.preset)
     rows = summarise(records)
@@ -490,27 +620,27 @@ def report(args) -> Path:
     stem.parent.mkdir(parents=True, exist_ok=True)
     steps = sorted({r["steps"] for r in rows if r["steps"]})
     config = arm_config("original", args, 0, steps[0] if steps else 500)
-    matched = compute_matched(rows, args)
+    matched = compute_matched(records, args)
+    flops = flops_ratios([r for r in rows if r["steps"] == (steps[0] if steps else 500)], args)
     save_json({"dataset": args.dataset, "preset": args.preset, "headline": HEADLINE, "rows": rows,
                "records": len(records), "config_of_original": to_dict(config), "compute_matched": matched,
+               "flops_vs_original": {f"{a}/{st}": v for (a, st), v in flops.items()},
                "command": "python -m maehelpers study report"}, stem.with_suffix(".json"))
-    tables = readme_tables(rows)
+    tables = readme_tables(rows, flops)
     held = read_records(Path(args.records), args.dataset, args.preset, "heldout")
-    done = sum((a, s, 500) in held for a in HELDOUT_ARMS for s in HELDOUT_SEEDS)
-    heldout_md = (f"\nHeld-out stage: {done} of {len(HELDOUT_ARMS) * len(HELDOUT_SEEDS)} registered runs recorded; "
-                  "the registered analysis is reported when all are in (--interim shows it before).\n") if held else ""
-    if held and (done == len(HELDOUT_ARMS) * len(HELDOUT_SEEDS) or getattr(args, "interim", False)):
-        when = registered_at()
-        check_registered(held, when)
-        analysis = heldout_analysis(held, read_correct(correct_path(args.records), args.dataset, args.preset, 500))
+    heldout_md, analysis = heldout_report(args, getattr(args, "interim", False))
+    if analysis:
         Path(f"{stem}_heldout.json").write_text(json.dumps(analysis, indent=1, default=float) + "\n")
-        heldout_md = "\n" + heldout_markdown(analysis, when)
-    stem.with_suffix(".md").write_text(markdown(rows) + matched_markdown(matched) + "\n" + tables + heldout_md)
+    stem.with_suffix(".md").write_text(markdown(rows) + "\n" + matched_markdown(matched) + "\n" + tables + "\n" + heldout_md)
     if args.readme:
         replace_readme_tables(args.readme, tables)
-        replace_readme_tables(args.readme, analyses_markdown(records), ANALYSES_MARKS)
+        replace_readme_tables(args.readme, analyses_markdown(records, args), ANALYSES_MARKS)
+        replace_readme_tables(args.readme, heldout_report(args)[0], HELDOUT_MARKS)
+    done = sum((a, s, 500) in held for a in HELDOUT_ARMS for s in HELDOUT_SEEDS)
+    total = len(HELDOUT_ARMS) * len(HELDOUT_SEEDS)
+    held_name = "held-out" + ("" if done == total else f" (interim, {done} of {total} runs)")
     for st in steps:
-        plot(rows, stem.parent / f"{stem.name}_{st}.png", st)
+        plot({"validation": rows, held_name: summarise(held) if held else []}, stem.parent / f"{stem.name}_{st}.png", st)
     plot_budget(rows, stem.parent / f"{stem.name}_budget.png")
     plot_health({split: read_records(Path(args.records), args.dataset, args.preset, split) for split in EVAL_SPLITS},
                 stem.parent / f"{stem.name}_health.png")

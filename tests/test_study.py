@@ -90,16 +90,25 @@ def test_fine_tuning_is_redone_at_other_epochs_only():
 def test_compute_matched_reading_by_hand(monkeypatch, tmp_path):
     flops = {"curriculum": 2.0, "original": 1.0}  # the curriculum costs twice: original at 1000 steps
     monkeypatch.setattr(study_report, "pretrain_flops", lambda arm, args, steps: flops[arm] * steps)
-    rows = [{"arm": "original", "steps": 500, "seeds": [0, 1], "knn_top1_mean": 70.0},
-            {"arm": "original", "steps": 2000, "seeds": [0, 1], "knn_top1_mean": 76.0},
-            {"arm": "original", "steps": 4000, "seeds": [0, 1], "knn_top1_mean": 90.0},
-            {"arm": "curriculum", "steps": 500, "seeds": [0, 1], "knn_top1_mean": 72.0,
-             "knn_top1_mean_vs_original": {"diff": 2.0}}]
-    m = study_report.compute_matched(rows, None)
-    assert m["interpolated_between"] == [500, 2000]          # the budgets around 1000 steps
-    assert m["original_at_equal_flops"] == pytest.approx(73.0)  # 70 + 6 * log(2) / log(4)
-    assert m["diff_at_equal_flops"] == pytest.approx(-1.0) and m["diff_at_equal_steps"] == 2.0
-    assert study_report.compute_matched(rows[:1] + rows[3:], None) is None  # one budget: no curve to read
+    K = "knn_top1_mean"
+    records = {("original", 0, 500): {K: 70.0}, ("original", 0, 2000): {K: 76.0}, ("original", 0, 4000): {K: 90.0},
+               ("original", 1, 500): {K: 72.0}, ("original", 1, 2000): {K: 80.0}, ("original", 1, 4000): {K: 83.0},
+               ("curriculum", 0, 500): {K: 72.0}, ("curriculum", 1, 500): {K: 73.0},
+               ("curriculum", 2, 500): {K: 99.0}}                  # seed 2 has no curve of original: left out
+    m = study_report.compute_matched(records, None)
+    assert m["seeds"] == [0, 1] and m["original_steps_at_equal_flops"] == 1000
+    # log-linear between 500 and 2000 (1000 is half-way in log steps): seed 0 reads 73, seed 1 reads 76
+    assert m["linear"]["diffs"] == pytest.approx([72 - 73, 73 - 76]) and m["linear"]["diff"] == pytest.approx(-2.0)
+    assert m["linear"]["ci95"] == pytest.approx(12.706, rel=1e-3)   # diffs -1, -3: se sqrt(2) / sqrt(2), t(0.975, 1)
+    # the quadratic in x = log2(steps / 500) through (0, 70), (2, 76), (3, 90) is 70 - 13/3 x + 11/3 x^2, at
+    # x = 1: 69 1/3; through (0, 72), (2, 80), (3, 83) it is 72 + 14/3 x - 1/3 x^2 (concave), at x = 1: 76 1/3
+    assert m["quadratic"]["diffs"] == pytest.approx([72 - 208 / 3, 73 - 229 / 3])
+    assert m["at_equal_steps"]["diffs"] == pytest.approx([2.0, 1.0])
+    line = study_report.matched_markdown(m)
+    assert "-2.00 [" in line and "+0.50 [-0.50, +1.50]" not in line and "2 seeds" in line
+    one_budget = {k: v for k, v in records.items() if k[2] == 500}
+    assert study_report.compute_matched(one_budget, None) is None  # no curve to read
+    rows = study_report.summarise(records)
     assert study_report.plot_budget(rows, tmp_path / "budget.png") and (tmp_path / "budget.png").stat().st_size > 0
 
 
@@ -115,27 +124,45 @@ def test_pretrain_flops_follow_the_visible_patches():
     assert study_report.pretrain_flops("original", args, 8) == 8 * batch * f[4]  # ratio 0.75: 4 visible
     # curriculum 0.5 -> 0.75 over the first half of 8 steps: 8, 7, 6, 5 visible, then 4 for steps 4-7
     assert study_report.pretrain_flops("curriculum", args, 8) == batch * (f[8] + f[7] + f[6] + f[5] + 4 * f[4])
+    # the count is read off a quadratic through three keeps (12, 8 and 4 here): 7, 6 and 5 are not among them
+    assert [study_report.image_step_flops(cfg)(k) for k in (7, 6, 5)] == [f[7], f[6], f[5]]
+    # a random ratio in [0.6, 0.9] counts its expectation: 16 evenly spaced draws per step
+    u = [(i + 0.5) / 16 for i in range(16)]
+    keeps = [int(16 * (1 - (0.6 + 0.3 * x))) for x in u]      # 6, 6, 6, 5, 5, ... visible of 16
+    counts = {k: study_report.flops_per_step(lambda: model(imgs, 1 - (k + 0.5) / 16)[0].backward()) for k in set(keeps)}
+    assert study_report.pretrain_flops("random_ratio", args, 8) == pytest.approx(8 * batch * np.mean([counts[k] for k in keeps]))
 
 
 def test_readme_tables_are_the_committed_records():
     """The README's study tables are what `report --readme` writes from the committed records: a
     number edited by hand, or records added without regenerating the tables, fails here."""
-    records = study.read_records(ROOT / "benchmarks" / "results" / "ablation_runs.jsonl", "fashion_mnist", "ablation")
+    import argparse
+    path = ROOT / "benchmarks" / "results" / "ablation_runs.jsonl"
+    args = argparse.Namespace(dataset="fashion_mnist", preset="ablation", records=path)
+    records = study.read_records(path, "fashion_mnist", "ablation")
     readme = (ROOT / "README.md").read_text()
-    for marks, text in ((study_report.README_MARKS, study_report.readme_tables(study_report.summarise(records))),
-                        (study_report.ANALYSES_MARKS, study_report.analyses_markdown(records))):
+    rows = study_report.summarise(records)
+    flops = study_report.flops_ratios([r for r in rows if r["steps"] == 500], args)
+    for marks, text in ((study_report.README_MARKS, study_report.readme_tables(rows, flops)),
+                        (study_report.ANALYSES_MARKS, study_report.analyses_markdown(records, args)),
+                        (study_report.HELDOUT_MARKS, study_report.heldout_report(args)[0])):
         start, end = (readme.index(m) for m in marks)
         assert readme[start + len(marks[0]):end].strip() == text.strip()
 
 
 def test_readme_tables_replace_only_their_block(tmp_path):
-    records = {("original", 0, 500): {"knn_top1_mean": 69.0, "ft_top1": 80.0, "ft_epochs": 10},
-               ("original", 1, 500): {"knn_top1_mean": 71.0},                  # not fine-tuned
-               ("random", 0, 500): {"knn_top1_mean": 57.0, "ft_top1": 60.0, "ft_epochs": 10}}
-    tables = study_report.readme_tables(study_report.summarise(records))
+    lines = [{"arm": "original", "seed": 0, "steps": 500, "knn_top1_mean": 69.0, "ft_top1": 80.0, "ft_epochs": 10},
+             {"arm": "original", "seed": 1, "steps": 500, "knn_top1_mean": 71.0},            # not fine-tuned
+             {"arm": "random", "seed": 0, "steps": 500, "knn_top1_mean": 57.0, "ft_top1": 60.0, "ft_epochs": 10},
+             {"arm": "original", "seed": 0, "steps": 500, "ft_top1": 85.0, "ft_epochs": 20}]  # a later, longer budget
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    records = study.read_records(tmp_path / "r.jsonl")
+    tables = study_report.readme_tables(study_report.summarise(records), {("random", 500): 1.0})
     assert "| original | 2 | 70.00 ± 1.41 |" in tables                         # sd of 69 and 71
-    assert "| original | 500 | 1 | 80.00 |  | layer-wise decay, 10 epochs |" in tables  # 1 of its 2 seeds tuned
-    assert "| random | 500 | 1 | 60.00 | -20.00 (1 seed) | scratch, no layer-wise decay, 10 epochs |" in tables
+    assert "| original | 500 | 10 | 1 | 80.00 |  | layer-wise decay |" in tables  # 1 of its 2 seeds tuned
+    assert "| original | 500 | 20 | 1 | 85.00 |  | layer-wise decay |" in tables  # each budget keeps its own
+    assert "| random | 500 | 10 | 1 | 60.00 | -20.00 (1 seed) | scratch, no layer-wise decay |" in tables
+    assert "| random | 500 | 20 |" not in tables and " 1.000x |" in tables
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{study_report.README_MARKS[0]}\nstale\n{study_report.README_MARKS[1]}\nafter\n")
     study_report.replace_readme_tables(readme, tables)
