@@ -27,6 +27,7 @@ choice saw.
 """
 import argparse
 import base64
+import contextlib
 import importlib
 import json
 import os
@@ -308,7 +309,10 @@ def run_stage(args) -> None:
             break
         t0 = time.time()
         data = data or load_eval_data(arm_config("original", args, 0, steps), args.data_root, args.split)
-        record = raw_pixel_record(args, steps, data) if arm == "raw_pixels" else run_arm(arm, seed, steps, args, data)
+        prior = records.get((arm, seed, steps))
+        with threads_of(prior):
+            record = raw_pixel_record(args, steps, data) if arm == "raw_pixels" else run_arm(arm, seed, steps, args, data)
+        same_encoder(prior, record, (arm, seed, steps))
         head = {"dataset": args.dataset, "preset": args.preset, "split": args.split}
         if "correct" in record:  # per-image bits in a file of their own, so the records stay readable
             append_record({**head, "arm": arm, "seed": seed, "steps": steps, **record.pop("correct")},
@@ -319,6 +323,32 @@ def run_stage(args) -> None:
         print(f"{arm} s{seed} {steps} steps: k-NN mean {record['knn_top1_mean']:.2f}, LP mean "
               f"{record['lp_top1_mean']:.2f} ({took[-1]:.0f} s{', under load' if record.get('under_load', record.get('eval_under_load')) else ''})"
               + (f"; {left} runs left, about {left * statistics.median(took) / 60:.0f} min" if left else ""), flush=True)
+
+
+ENCODER_METRICS = ("lp_top1_mean", "knn_top1_mean", "lp_top1_cls", "knn_top1_cls")
+
+
+@contextlib.contextmanager
+def threads_of(prior: dict | None):
+    """Run with the thread count an earlier record of the same run was made with (a run that adds to it,
+    such as fine-tuning, may have to pretrain again, and CPU results are deterministic per thread count)."""
+    before = torch.get_num_threads()
+    if prior and prior.get("threads"):
+        torch.set_num_threads(prior["threads"])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def same_encoder(prior: dict | None, record: dict, key) -> None:
+    """A record that adds to an earlier one must describe the same encoder: its probe and k-NN equal the
+    earlier record's, or nothing is recorded (the merged record would mix two different encoders)."""
+    differ = [f"{m} {prior[m]:.4f} -> {record[m]:.4f}" for m in ENCODER_METRICS
+              if prior and prior.get(m) is not None and record.get(m) != prior[m]]
+    if differ:
+        raise RuntimeError(f"{key}: the encoder evaluated now differs from its record ({', '.join(differ)}); "
+                           "nothing recorded. Was it pretrained again with another thread count or code?")
 
 
 HEALTH = ("effective_rank", "uniformity_wi", "uniformity_umae")  # pretrain.feature_health_of, last epoch

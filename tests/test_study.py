@@ -52,6 +52,26 @@ def test_ablation_runner_tiny_records_skip_and_report(tmp_path):
     assert "| lap_replicate_10x | 16 | 2 |" in (tmp_path / "out" / "ablation_synthetic_smoke.md").read_text()
 
 
+def test_fine_tuning_a_recorded_run_after_its_folder_is_gone_pretrains_it_again_identically(tmp_path):
+    common = ["--dataset", "synthetic", "--preset", "smoke", "--steps", "16", "--records", str(tmp_path / "r.jsonl"),
+              "--out", str(tmp_path / "out"), "--quiet", "--arms", "original", "--seeds", "0"]
+    study_command(["run", "--runs-root", str(tmp_path / "a"), "--threads", "1", *common])
+    first = json.loads((tmp_path / "r.jsonl").read_text())
+    # the run folder is gone and the machine now runs 2 threads: the run is pretrained again with the
+    # record's 1 thread, gives the same encoder, and the fine-tuning line is added
+    study_command(["run", "--runs-root", str(tmp_path / "b"), "--threads", "2", "--ft", "--ft-epochs", "1", *common])
+    tuned = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[1])
+    assert tuned["ft_top1"] is not None and tuned["threads"] == 1
+    assert all(tuned[m] == first[m] for m in study.ENCODER_METRICS)
+    # a record the rerun cannot reproduce is refused, and nothing is added
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    (tmp_path / "r.jsonl").write_text(json.dumps({**first, "knn_top1_mean": first["knn_top1_mean"] + 1.0}) + "\n")
+    with pytest.raises(RuntimeError, match="differs from its record"):
+        study_command(["run", "--runs-root", str(tmp_path / "c"), "--ft", "--ft-epochs", "1", *common])
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
+    assert len(lines) == 2
+
+
 def test_paired_difference_and_detectable_effect_hand_values():
     base = {0: 70.0, 1: 72.0, 2: 74.0}
     arm = {0: 71.0, 1: 74.0, 2: 74.0, 3: 99.0}            # seed 3 has no partner: left out
