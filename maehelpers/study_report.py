@@ -482,6 +482,41 @@ def fmt_interval(p: dict) -> str:
 METRIC_NAMES = {HEADLINE: "k-NN top-1, mean pool (primary)", "lp_top1_mean": "linear probe top-1, mean pool (secondary)"}
 
 
+HYPOTHESES = {"improved": "H1, the improved variant", "unif_umae_mean_100x": "H2, the arm that ranked first (U-MAE 100x)",
+              "unif_wi_mean_1x": "H3, Wang-Isola uniformity 1x alone", "lowpass": "H4, the low-pass target"}
+FACTORS = {"C": "the curriculum", "L": "the Laplacian loss", "U": "the uniformity term"}
+
+
+def _stated(v: dict) -> str:
+    """One comparison as the registration words it: estimate, interval, Holm p, claim."""
+    return f"{fmt_interval(v)} (Holm p {_p(v.get('p_holm'))}): {v['claim']}"
+
+
+def heldout_verdict(analysis: dict) -> list[str]:
+    """The registered analysis as the README's verdict, one line per question, every number with its
+    interval and its Holm correction, all on the held-out split."""
+    k, lp = analysis[HEADLINE], analysis["lp_top1_mean"]
+    lines = []
+    for arm, name in HYPOTHESES.items():
+        if arm in k["vs_original"]:
+            v, b = k["vs_original"][arm], k["vs_original"][arm].get("bootstrap95")
+            lines.append(f"- **{name}**, against `original` over {v['n']} seeds: k-NN {_stated(v)}"
+                         + (f"; over test images [{b[0]:+.2f}, {b[1]:+.2f}]" if b else "")
+                         + (f". Linear probe (family 1b): {_stated(lp['vs_original'][arm])}." if arm in lp["vs_original"] else "."))
+    f = k["factorial"]
+    if f:
+        mains = "; ".join(f"{FACTORS[e]} {_stated(f['effects'][e])}" for e in FACTORS)
+        inter = [e for e in f["effects"] if e not in FACTORS]
+        found = [e for e in inter if f["effects"][e]["claim"].startswith("detected")]
+        widest = max(abs(f["effects"][e]["diff"]) + (f["effects"][e]["ci95"] or 0) for e in inter)
+        lines.append(f"- **Inside `improved`** (the 2 x 2 x 2 factorial, {len(f['seeds'])} seeds, k-NN, Holm over 7): "
+                     f"main effects: {mains}. Interactions: "
+                     + (f"detected for {', '.join(found)}" if found else
+                        f"none detected (an interaction larger than {widest:.2f} is ruled out for each, 95 %)")
+                     + f". Is the sum less than its parts? {fmt_interval(f['sum_less_than_parts'])} (not tested again).")
+    return lines
+
+
 def heldout_markdown(analysis: dict, registered: str) -> str:
     lines = [f"**Held-out confirmation** (test images 5,000-9,999; fresh seeds; registered {registered} UTC).", ""]
     for m, a in analysis.items():
@@ -602,7 +637,8 @@ def heldout_report(args, interim: bool = False) -> tuple[str, dict | None]:
         return "", None
     total = len(HELDOUT_ARMS) * len(HELDOUT_SEEDS)
     done = sum((a, s, 500) in held for a in HELDOUT_ARMS for s in HELDOUT_SEEDS)
-    table_md = f"Per arm, held-out split, 500 steps:\n\n{arm_table(summarise(held), 500)}\n\n"
+    rows = summarise(held)
+    table_md = f"Per arm, held-out split, 500 steps:\n\n{arm_table(rows, 500, flops_ratios(rows, args))}\n\n"
     if done < total and not interim:
         return (f"Held-out stage: {done} of {total} registered runs recorded; the registered analysis is reported when "
                 "all are in (`report --interim` shows it before).\n"), None
@@ -610,7 +646,10 @@ def heldout_report(args, interim: bool = False) -> tuple[str, dict | None]:
     check_registered(held, when)
     analysis = heldout_analysis(held, read_correct(correct_path(args.records), args.dataset, args.preset, 500))
     note = "" if done == total else f"**Interim: {done} of {total} registered runs; no claim.**\n\n"
-    return note + table_md + heldout_markdown(analysis, when), analysis
+    verdict = (f"**Verdict on the held-out split** (registered {when} UTC; test images 5,000-9,999; seeds "
+               f"{HELDOUT_SEEDS[0]}-{HELDOUT_SEEDS[-1]}; effects in points of top-1, 95 % intervals):\n\n"
+               + "\n".join(heldout_verdict(analysis)) + "\n\n")
+    return note + verdict + table_md + heldout_markdown(analysis, when), analysis
 
 
 def report(args) -> Path:

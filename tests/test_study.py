@@ -286,6 +286,29 @@ def test_heldout_analysis_from_records_and_bits():
     assert "Family 2" in study_report.heldout_markdown({"knn_top1_mean": a}, "2026-12-02 04:00")
 
 
+def test_heldout_verdict_words_each_claim_with_its_interval_and_holm_correction():
+    iv = lambda d, ci, p: {"diff": d, "ci95": ci, "p": p, "n": 10}  # noqa: E731
+    vs = study_report.family({"improved": iv(1.0, 0.5, 0.01), "lowpass": iv(-0.2, 0.6, 0.5)})  # Holm: 0.02, 0.5
+    effects = {"C": iv(0.1, 0.2, 0.3), "L": iv(-0.3, 0.2, 0.01), "U": iv(1.0, 0.3, 0.001), "CxL": iv(0.05, 0.1, 0.4),
+               "CxU": iv(-0.2, 0.15, 0.02), "LxU": iv(0.0, 0.1, 0.9), "CxLxU": iv(0.1, 0.12, 0.1)}
+    factorial = {"seeds": list(range(100, 110)), "effects": study_report.family(effects),
+                 "sum_less_than_parts": iv(-0.5, 1.0, 0.3)}
+    metric = {"vs_original": vs, "factorial": factorial}
+    lines = study_report.heldout_verdict({"knn_top1_mean": metric, "lp_top1_mean": metric})
+    assert lines[0].startswith("- **H1, the improved variant**, against `original` over 10 seeds: "
+                               "k-NN +1.00 [+0.50, +1.50] (Holm p 0.020): detected (+)")
+    assert "k-NN -0.20 [-0.80, +0.40] (Holm p 0.500): not detected; an effect larger than 0.80 is ruled out" in lines[1]
+    # Holm over 7: U 0.001 x 7 = 0.007 is detected; L 0.01 x 6 = 0.06 is not; no interaction is
+    assert "the uniformity term +1.00 [+0.70, +1.30] (Holm p 0.007): detected (+)" in lines[2]
+    assert "the Laplacian loss -0.30 [-0.50, -0.10] (Holm p 0.060): not detected" in lines[2]
+    assert "none detected (an interaction larger than 0.35 is ruled out for each, 95 %)" in lines[2]  # CxU: 0.2 + 0.15
+    assert "Is the sum less than its parts? -0.50 [-1.50, +0.50]" in lines[2]
+    effects["CxU"] = iv(-0.2, 0.15, 0.002)                      # now 0.002 x 6 = 0.012 after Holm
+    factorial["effects"] = study_report.family(effects)
+    assert "Interactions: detected for CxU" in study_report.heldout_verdict({"knn_top1_mean": metric,
+                                                                             "lp_top1_mean": metric})[2]
+
+
 def test_a_study_over_a_term_of_your_own_records_it_and_reproduces(tmp_path):
     import torch.nn.functional as F
     from maehelpers.losses import TERMS, register_term
@@ -343,6 +366,29 @@ def test_verdict_lines_come_from_the_records(tmp_path):
     assert "+2.00 ± 2.48 over 3 seeds" in v["lines"][0]
     assert "+0.00" in v["lines"][1] and v["paired"]["unif_umae_mean_100x"]["heldout"] is None
     assert v["lines"][2].startswith("The preregistered held-out confirmation has 1 of its 100 runs")
+
+
+def test_verdict_states_the_registered_claims_once_the_heldout_stage_is_complete(tmp_path):
+    import torch
+    from maehelpers import verdict
+    rng = np.random.default_rng(1)
+    rows, bits = [], []
+    for arm in study.HELDOUT_ARMS:
+        for s in study.HELDOUT_SEEDS:
+            ok = rng.random(400) < (0.78 if arm == "unif_umae_mean_100x" else 0.70)   # one arm clearly better
+            acc = 100.0 * ok.mean()
+            rows.append({"arm": arm, "seed": s, "split": "heldout", "date": "2026-12-02 05:00",
+                         "knn_top1_mean": acc, "lp_top1_mean": acc})
+            packed = study.pack_bits(torch.from_numpy(ok))
+            bits.append({"arm": arm, "seed": s, "n": 400, "knn_top1_mean": packed, "lp_top1_mean": packed})
+    path = _records(tmp_path, rows)
+    study.correct_path(path).write_text("".join(json.dumps({"dataset": "fashion_mnist", "preset": "ablation",
+                                                            "steps": 500, **b}) + "\n" for b in bits))
+    v = verdict.verdict(records=path)
+    assert v["heldout_done"] == 100
+    umae = v["lines"][1]
+    assert "held-out (preregistered)" in umae and "detected (+) (Holm p" in umae and "interim" not in umae
+    assert "no claim" not in " ".join(v["lines"]) and "registered, Holm-corrected" in v["lines"][2]
 
 
 def test_health_pairs_are_paired_with_original_by_seed():
