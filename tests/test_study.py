@@ -43,7 +43,14 @@ def test_ablation_runner_tiny_records_skip_and_report(tmp_path):
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     doctored = [json.dumps({**json.loads(x), "knn_top1_cls": 1.0}) if '"lap_replicate_10x"' in x else x for x in lines]
     (tmp_path / "runs.jsonl").write_text("\n".join(doctored) + "\n")
-    assert study_command(["verify", "--arms", "lap_replicate_10x", "--seeds", "1", *common]) == 1  # a wrong record
+    assert study_command(["verify", "--arms", "lap_replicate_10x", "--seeds", "1", "--stamp", *common]) == 1  # a wrong record
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(lines)                 # is not stamped
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    assert study_command(["verify", "--arms", "lap_replicate_10x", "--seeds", "1", "--stamp", *common]) == 0
+    stamp = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])
+    assert stamp["arm"] == "lap_replicate_10x" and stamp["seed"] == 1 and stamp["verified_metrics"] == 4
+    assert study.read_records(tmp_path / "runs.jsonl")[("lap_replicate_10x", 1, 16)]["verified_git_commit"] == \
+        stamp["verified_git_commit"]
     (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
     summary = json.loads((tmp_path / "out" / "ablation_synthetic_smoke.json").read_text())
     row = next(r for r in summary["rows"] if r["arm"] == "lap_replicate_10x")
