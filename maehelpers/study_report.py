@@ -84,6 +84,13 @@ def ft_summary(values: dict, base: dict) -> dict:
 _STEP_FLOPS = {}
 
 
+def through_three(points, x: float) -> float:
+    """The value at x of the quadratic through three (x, y) points (Lagrange's form)."""
+    (x0, y0), (x1, y1), (x2, y2) = points
+    return (y0 * (x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2)) + y1 * (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2))
+            + y2 * (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1)))
+
+
 def image_step_flops(cfg):
     """keep -> FLOPs of one image's training step (forward and backward) with `keep` visible patches.
     The encoder's linear layers grow with its tokens (keep + cls), its attention with their square,
@@ -98,13 +105,7 @@ def image_step_flops(cfg):
         points = {}
         for ratio in (0.25, 0.5, 0.75):  # the model keeps int(L * (1 - ratio)) patches
             points[int(L * (1 - ratio)) + 1] = flops_per_step(lambda: model(imgs, ratio)[0].backward())
-        (t0, f0), (t1, f1), (t2, f2) = points.items()
-
-        def flops(keep: int) -> float:  # Lagrange through the three counts, in t = keep + 1
-            t = keep + 1
-            return round(f0 * (t - t1) * (t - t2) / ((t0 - t1) * (t0 - t2)) + f1 * (t - t0) * (t - t2) /
-                         ((t1 - t0) * (t1 - t2)) + f2 * (t - t0) * (t - t1) / ((t2 - t0) * (t2 - t1)))
-        _STEP_FLOPS[key] = flops
+        _STEP_FLOPS[key] = lambda keep, pts=tuple(points.items()): round(through_three(pts, keep + 1))
     return _STEP_FLOPS[key]
 
 
@@ -137,10 +138,7 @@ def _at_log_steps(points: list, target: float, shape: str) -> float:
     if shape == "linear":
         (s0, a0), (s1, a1) = next(((p, q) for p, q in zip(pts, pts[1:]) if p[0] <= target <= q[0]), pts[:2])
         return a0 + (a1 - a0) * math.log(target / s0) / math.log(s1 / s0)
-    (x0, a0), (x1, a1), (x2, a2) = ((math.log(s), a) for s, a in pts[:3])
-    x = math.log(target)
-    return (a0 * (x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2)) + a1 * (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2))
-            + a2 * (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1)))
+    return through_three([(math.log(s), a) for s, a in pts[:3]], math.log(target))
 
 
 def compute_matched(records: dict, args, arm: str = "curriculum", steps: int = 500) -> dict | None:

@@ -135,7 +135,7 @@ MUTATIONS = {
                                 "(target - s0) / (s1 - s0)", "tests/test_study.py::test_compute_matched_reading_by_hand"),
     "flops_ignore_schedule": ("maehelpers/study_report.py", "mask_ratio_at(step / steps, cfg.variant, u)",
                               "cfg.variant.mask_ratio", "tests/test_study.py::test_pretrain_flops_follow_the_visible_patches"),
-    "flops_off_by_one_token": ("maehelpers/study_report.py", "            t = keep + 1\n", "            t = keep\n",
+    "flops_off_by_one_token": ("maehelpers/study_report.py", "round(through_three(pts, keep + 1))", "round(through_three(pts, keep))",
                                "tests/test_study.py::test_pretrain_flops_follow_the_visible_patches"),
     "random_ratio_at_its_middle": ("maehelpers/study_report.py", "draws = [(i + 0.5) / 16 for i in range(16)]",
                                    "draws = [0.5]", "tests/test_study.py::test_pretrain_flops_follow_the_visible_patches"),
