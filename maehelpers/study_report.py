@@ -509,7 +509,7 @@ def heldout_verdict(analysis: dict) -> list[str]:
         widest = max(abs(f["effects"][e]["diff"]) + (f["effects"][e]["ci95"] or 0) for e in inter)
         lines.append(f"- **Inside `improved`** (the 2 x 2 x 2 factorial, {len(f['seeds'])} seeds, k-NN, Holm over 7): "
                      f"main effects: {mains}. Interactions: "
-                     + (f"detected for {', '.join(found)}" if found else
+                     + ("detected for " + "; ".join(f"{e} {_stated(f['effects'][e])}" for e in found) if found else
                         f"none detected (an interaction larger than {widest:.2f} is ruled out for each, 95 %)")
                      + f". Is the sum less than its parts? {fmt_interval(f['sum_less_than_parts'])} (not tested again).")
     return lines
