@@ -10,8 +10,8 @@ import statistics
 import matplotlib.pyplot as plt
 
 from .stats import paired, seeds_needed
-from .study import HELDOUT_ARMS, HELDOUT_SEEDS, HEADLINE, RESULTS, correct_path, read_records
-from .study_report import claim, heldout_analysis, read_correct
+from .study import HEADLINE, RESULTS, correct_path, read_records
+from .study_report import claim, heldout_analysis, heldout_progress, read_correct
 
 STUDY = {"dataset": "fashion_mnist", "preset": "ablation", "steps": 500}
 SPLITS = {"validation": "validation (exploratory)", "heldout": "held-out (preregistered)"}
@@ -71,8 +71,7 @@ def verdict(records=None) -> dict:
     ranked first, and the state of the preregistered held-out confirmation."""
     arms = {"improved": "The improved variant", "unif_umae_mean_100x": "The arm that ranked first (U-MAE uniformity)"}
     held = read_records(records, STUDY["dataset"], STUDY["preset"], "heldout")
-    done = sum(1 for (a, s, st) in held if a in HELDOUT_ARMS and s in HELDOUT_SEEDS and st == STUDY["steps"])
-    total = len(HELDOUT_ARMS) * len(HELDOUT_SEEDS)
+    done, total = heldout_progress(held, STUDY["steps"])
     registered = {}
     if done >= total:  # the registered analysis: Holm over the four confirmatory comparisons
         path = records or RESULTS / "ablation_runs.jsonl"
