@@ -277,7 +277,7 @@ NOTEBOOKS = {
            "scratch, with the pretrained encoder's probe as a line. The `ablation` preset fine-tunes at the "
            "budget it names; with another dataset or preset, set `ft_epochs` from a curve of your own."),
         code("nb.show_ft_budget()"),
-        md("Past that budget fine-tuning ends above the linear probe, as in the paper. What this small setting "
+        md("From that budget on, fine-tuning ends above the linear probe, as in the paper. What this small setting "
            "does not show is the paper's other lesson: the untrained encoder, fine-tuned with its own recipe, "
            "catches up with the pretrained one and passes it on the curve's seed. With 500 pretraining steps "
            "on 28-px images, pretraining buys a much better frozen feature (the probes of 03) but not a better "
