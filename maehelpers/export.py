@@ -5,18 +5,18 @@ whole MAE as Hugging Face's ViTMAEForPreTraining (save_pretrained, safetensors),
     python -m maehelpers export runs/original --to hf out/original_hf       # encoder and decoder
 
 The parameter names here are the official MAE's, which timm's VisionTransformer shares, so the timm
-export is the encoder's state dict, loaded with strict keys; Hugging Face names differ and split
+export is the encoder's state dict (with a config.json that timm's create_model reads), loaded with
+strict keys; Hugging Face names differ and split
 the fused qkv projection, so the HF export maps every name (both layouts of transformers' ViTMAE, 4.x
 and 5.x) and loads strictly too. A name that does not map, or a shape that does not fit, is refused
 with the names. timm and transformers are optional: `pip install -e .[export]`.
 """
 import json
-from functools import partial
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .model import encoder_state_dict
 from .pretrain import load_encoder, load_mae
 from .runs import read_results
@@ -32,16 +32,32 @@ class ExportError(ValueError):
     """An export whose weights do not fit the target model; the message names the keys."""
 
 
+TIMM_ARCH = "vit_base_patch16_224"   # timm's entry point only: the config's model_args set every size
+
+
 def timm_model(model_cfg, img_size: int | None = None):
     """timm's VisionTransformer with a run's sizes: the cls token read after the final norm (what
     the linear probe reads here), no head. For fine-tuning as the official recipe does, set
     global_pool='avg' in timm (its fc_norm is then trained from the start)."""
-    from timm.models.vision_transformer import VisionTransformer
-    m = model_cfg
-    return VisionTransformer(img_size=img_size or m.img_size, patch_size=m.patch_size, in_chans=m.in_chans,
-                             embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                             qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), global_pool="token",
-                             num_classes=0)
+    import timm
+    return timm.create_model(TIMM_ARCH, pretrained=False, **_timm_args(model_cfg, img_size or model_cfg.img_size))
+
+
+def _timm_args(m, img_size: int) -> dict:
+    return {"img_size": img_size, "patch_size": m.patch_size, "in_chans": m.in_chans, "embed_dim": m.embed_dim,
+            "depth": m.depth, "num_heads": m.num_heads, "mlp_ratio": m.mlp_ratio, "qkv_bias": True,
+            "global_pool": "token", "num_classes": 0}
+
+
+def _timm_config(m, img_size: int, dataset: str) -> dict:
+    """config.json in the layout timm writes for the Hub, so `create_model("local-dir:OUT")` reads it:
+    the architecture, the arguments that rebuild it, and how its inputs are prepared."""
+    return {"architecture": TIMM_ARCH, "num_classes": 0, "num_features": m.embed_dim,
+            "model_args": _timm_args(m, img_size),
+            "pretrained_cfg": {"input_size": [m.in_chans, img_size, img_size], "fixed_input_size": True,
+                               "interpolation": "bicubic", "crop_pct": 1.0, "mean": list(IMAGENET_MEAN),
+                               "std": list(IMAGENET_STD), "num_classes": 0,
+                               "license": LICENSES.get(dataset, "see the dataset")}}
 
 
 def load_strict(model: nn.Module, state: dict, what: str) -> nn.Module:
@@ -59,23 +75,18 @@ def load_strict(model: nn.Module, state: dict, what: str) -> nn.Module:
 
 def export_timm(run_dir, out, img_size: int | None = None) -> Path:
     """The run's encoder as a timm VisionTransformer (position embeddings interpolated when img_size
-    differs): pytorch_model.bin (its state dict), config.json (timm's arguments) and a model card."""
+    differs): model.safetensors, config.json in timm's Hub layout and a model card, so that
+    `timm.create_model("local-dir:OUT", pretrained=True)` (timm >= 1.0.16) rebuilds it."""
+    from safetensors.torch import save_file
     model, cfg = load_encoder(Path(run_dir) / "encoder_pretrained.pt", img_size)
     state = encoder_state_dict(model)
     net = load_strict(timm_model(cfg.model, cfg.model.img_size), state, "timm VisionTransformer")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), out / "pytorch_model.bin")
-    (out / "config.json").write_text(json.dumps(_timm_args(cfg.model), indent=1) + "\n")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(_timm_config(cfg.model, cfg.model.img_size, cfg.dataset), indent=1) + "\n")
     (out / "README.md").write_text(model_card(run_dir, "timm", cfg))
     return out
-
-
-def _timm_args(m) -> dict:
-    return {"architecture": "vit (timm.models.vision_transformer.VisionTransformer)", "img_size": m.img_size,
-            "patch_size": m.patch_size, "in_chans": m.in_chans, "embed_dim": m.embed_dim, "depth": m.depth,
-            "num_heads": m.num_heads, "mlp_ratio": m.mlp_ratio, "qkv_bias": True, "norm_eps": 1e-6,
-            "global_pool": "token", "num_classes": 0}
 
 
 # ----------------------------------------------------------------------------- Hugging Face
@@ -155,10 +166,10 @@ def model_card(run_dir, fmt: str, cfg) -> str:
         ("knn_top1_cls", "k-NN (k 20), cls token"), ("knn_top1_mean", "k-NN (k 20), mean of patch tokens"),
         ("ft_top1", "fine-tuning")) if r.get(k) is not None]
     settings = {k: (r.get(k) or {}).get("key", {}) for k in ("lp", "knn", "ft") if r.get(k)}
-    load = {"timm": ("```python\nimport json, torch, timm\ncfg = json.load(open('OUT/config.json'))\n"
-                     "model = timm.models.vision_transformer.VisionTransformer(**{k: v for k, v in cfg.items() "
-                     "if k not in ('architecture', 'norm_eps')}, norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6))\n"
-                     "model.load_state_dict(torch.load('OUT/pytorch_model.bin', weights_only=True))\n```"),
+    load = {"timm": ("```python\nimport timm   # >= 1.0.16\n"
+                     "model = timm.create_model('local-dir:OUT', pretrained=True)   # features: model.forward_features(x)\n```\n\n"
+                     "Inputs: the size in config.json, normalised with ImageNet's mean and std "
+                     "(`timm.data.resolve_data_config({}, model=model)` gives them)."),
             "hf": ("```python\nfrom transformers import ViTMAEForPreTraining\n"
                    "model = ViTMAEForPreTraining.from_pretrained('OUT')   # model.vit is the encoder\n```")}[fmt]
     return (f"# MAE {cfg.variant.name}, pretrained with maehelpers\n\n"

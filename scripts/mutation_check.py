@@ -209,6 +209,8 @@ MUTATIONS = {
     "timm_without_final_norm": ("maehelpers/export.py", "    state = encoder_state_dict(model)\n",
                                 "    state = {k: (v * 0 + 1 if k == 'norm.weight' else v) for k, v in encoder_state_dict(model).items()}\n",
                                 "tests/test_export.py::test_timm_encoder_gives_our_features_and_interpolates_to_another_size"),
+    "timm_config_heads_halved": ("maehelpers/export.py", '"num_heads": m.num_heads,', '"num_heads": max(1, m.num_heads // 2),',
+                                 "tests/test_export.py::test_timm_encoder_gives_our_features_and_interpolates_to_another_size"),
     "board_every_other_row": ("maehelpers/pretrain.py", '                    if key in row:\n',
                               '                    if key in row and row["step"] % 2:\n',
                               "tests/test_pretrain.py::test_tensorboard_logs_are_written_and_read_back_and_runs_go_on_without_the_package"),
