@@ -37,8 +37,9 @@ TIMM_ARCH = "vit_base_patch16_224"   # timm's entry point only: the config's mod
 
 def timm_model(model_cfg, img_size: int | None = None):
     """timm's VisionTransformer with a run's sizes: the cls token read after the final norm (what
-    the linear probe reads here), no head. For fine-tuning as the official recipe does, set
-    global_pool='avg' in timm (its fc_norm is then trained from the start)."""
+    the linear probe reads here), no head. The official fine-tuning model is
+    `create_model("local-dir:OUT", pretrained=True, num_classes=N, global_pool="avg")`: head and
+    fc_norm fresh, the final norm dropped, as the official code loads it."""
     import timm
     return timm.create_model(TIMM_ARCH, pretrained=False, **_timm_args(model_cfg, img_size or model_cfg.img_size))
 
@@ -51,12 +52,14 @@ def _timm_args(m, img_size: int) -> dict:
 
 def _timm_config(m, img_size: int, dataset: str) -> dict:
     """config.json in the layout timm writes for the Hub, so `create_model("local-dir:OUT")` reads it:
-    the architecture, the arguments that rebuild it, and how its inputs are prepared."""
+    the architecture, the arguments that rebuild it, how its inputs are prepared, and which layer is
+    the classifier (so `num_classes=10` leaves a fresh head instead of failing on a missing one)."""
     return {"architecture": TIMM_ARCH, "num_classes": 0, "num_features": m.embed_dim,
             "model_args": _timm_args(m, img_size),
             "pretrained_cfg": {"input_size": [m.in_chans, img_size, img_size], "fixed_input_size": True,
                                "interpolation": "bicubic", "crop_pct": 1.0, "mean": list(IMAGENET_MEAN),
-                               "std": list(IMAGENET_STD), "num_classes": 0,
+                               "std": list(IMAGENET_STD), "num_classes": 0, "classifier": "head",
+                               "first_conv": "patch_embed.proj",
                                "license": LICENSES.get(dataset, "see the dataset")}}
 
 
@@ -167,7 +170,9 @@ def model_card(run_dir, fmt: str, cfg) -> str:
         ("ft_top1", "fine-tuning")) if r.get(k) is not None]
     settings = {k: (r.get(k) or {}).get("key", {}) for k in ("lp", "knn", "ft") if r.get(k)}
     load = {"timm": ("```python\nimport timm   # >= 1.0.16\n"
-                     "model = timm.create_model('local-dir:OUT', pretrained=True)   # features: model.forward_features(x)\n```\n\n"
+                     "model = timm.create_model('local-dir:OUT', pretrained=True)   # features: model.forward_features(x)\n"
+                     "# fine-tuning as the official MAE: fresh head and fc_norm on the mean of the patch tokens\n"
+                     "model = timm.create_model('local-dir:OUT', pretrained=True, num_classes=10, global_pool='avg')\n```\n\n"
                      "Inputs: the size in config.json, normalised with ImageNet's mean and std "
                      "(`timm.data.resolve_data_config({}, model=model)` gives them)."),
             "hf": ("```python\nfrom transformers import ViTMAEForPreTraining\n"

@@ -211,6 +211,8 @@ MUTATIONS = {
                                 "tests/test_export.py::test_timm_encoder_gives_our_features_and_interpolates_to_another_size"),
     "timm_config_heads_halved": ("maehelpers/export.py", '"num_heads": m.num_heads,', '"num_heads": max(1, m.num_heads // 2),',
                                  "tests/test_export.py::test_timm_encoder_gives_our_features_and_interpolates_to_another_size"),
+    "timm_config_without_classifier": ("maehelpers/export.py", '"num_classes": 0, "classifier": "head",', '"num_classes": 0,',
+                                       "tests/test_export.py::test_timm_encoder_gives_our_features_and_interpolates_to_another_size"),
     "board_every_other_row": ("maehelpers/pretrain.py", '                    if key in row:\n',
                               '                    if key in row and row["step"] % 2:\n',
                               "tests/test_pretrain.py::test_tensorboard_logs_are_written_and_read_back_and_runs_go_on_without_the_package"),

@@ -1,6 +1,5 @@
 """Exports that other libraries load: timm's VisionTransformer (the encoder) and Hugging Face's
 ViTMAEForPreTraining (the whole MAE), strict keys, the same numbers, and a model card."""
-import json
 import subprocess
 import sys
 
@@ -23,6 +22,7 @@ def run(tmp_path_factory):
 
 def test_timm_encoder_gives_our_features_and_interpolates_to_another_size(run, tmp_path):
     timm = pytest.importorskip("timm")
+    from safetensors.torch import load_file                           # a dependency of timm
     out = subprocess.run([sys.executable, "-m", "maehelpers", "export", str(run), "--to", "timm", str(tmp_path / "t")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -32,6 +32,10 @@ def test_timm_encoder_gives_our_features_and_interpolates_to_another_size(run, t
     with torch.no_grad():
         assert torch.allclose(net.eval().forward_features(imgs), encoder.forward_tokens(imgs), atol=1e-5)
     assert timm.data.resolve_data_config({}, model=net)["input_size"] == (3, 32, 32)
+    ft = timm.create_model(f"local-dir:{tmp_path / 't'}", pretrained=True, num_classes=10, global_pool="avg")
+    exported, fresh = load_file(tmp_path / "t" / "model.safetensors"), ft.state_dict()   # the official fine-tuning model:
+    assert set(fresh) - set(exported) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}  # new head
+    assert all(torch.equal(fresh[k], v) for k, v in exported.items() if k in fresh) and fresh["head.weight"].shape[0] == 10
     card = (tmp_path / "t" / "README.md").read_text()
     assert "k-NN (k 20), mean of patch tokens: 61.50" in card and "synthetic" in card and "seed 0" in card
     X.export_timm(run, tmp_path / "t48", img_size=48)                  # 6 x 6 patches instead of 4 x 4
