@@ -176,7 +176,9 @@ def model_card(run_dir, fmt: str, cfg) -> str:
                      "Inputs: the size in config.json, normalised with ImageNet's mean and std "
                      "(`timm.data.resolve_data_config({}, model=model)` gives them)."),
             "hf": ("```python\nfrom transformers import ViTMAEForPreTraining\n"
-                   "model = ViTMAEForPreTraining.from_pretrained('OUT')   # model.vit is the encoder\n```")}[fmt]
+                   "model = ViTMAEForPreTraining.from_pretrained('OUT')   # model.vit is the encoder\n"
+                   "from transformers import ViTForImageClassification   # fine-tuning: the encoder and a fresh classifier\n"
+                   "model = ViTForImageClassification.from_pretrained('OUT', num_labels=10)\n```")}[fmt]
     return (f"# MAE {cfg.variant.name}, pretrained with maehelpers\n\n"
             f"- data: {cfg.dataset} (preset {cfg.preset}); license of the data: {LICENSES.get(cfg.dataset, 'see the dataset')}\n"
             f"- variant: {cfg.variant.name}; seed {cfg.seed}; {r.get('pretrain_steps')} steps of batch "

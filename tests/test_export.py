@@ -59,6 +59,11 @@ def test_hugging_face_round_trip_gives_our_loss_prediction_and_mask(run, tmp_pat
     assert torch.equal(theirs.mask, mask)
     assert torch.allclose(theirs.logits, pred, atol=1e-5) and abs(theirs.loss.item() - loss.item()) < 1e-5
     assert (tmp_path / "hf" / "model.safetensors").exists() and "from_pretrained" in (tmp_path / "hf" / "README.md").read_text()
+    from transformers import ViTForImageClassification                # the same folder, read for fine-tuning
+    clf = ViTForImageClassification.from_pretrained(tmp_path / "hf", num_labels=10).eval()
+    encoder, _ = load_encoder(run / "encoder_pretrained.pt")
+    with torch.no_grad():
+        assert torch.allclose(clf.vit(pixel_values=imgs).last_hidden_state, encoder.forward_tokens(imgs), atol=1e-5)
 
 
 def test_a_renamed_or_resized_key_is_refused_with_its_name(run):
