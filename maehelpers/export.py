@@ -6,9 +6,8 @@ whole MAE as Hugging Face's ViTMAEForPreTraining (save_pretrained, safetensors),
 
 The parameter names here are the official MAE's, which timm's VisionTransformer shares, so the timm
 export is the encoder's state dict (with a config.json that timm's create_model reads), loaded with
-strict keys; Hugging Face names differ and split
-the fused qkv projection, so the HF export maps every name (both layouts of transformers' ViTMAE, 4.x
-and 5.x) and loads strictly too. A name that does not map, or a shape that does not fit, is refused
+strict keys; Hugging Face names differ and split the fused qkv projection, so the HF export maps
+every name (both layouts of transformers' ViTMAE, 4.x and 5.x) and loads strictly too. A name that does not map, or a shape that does not fit, is refused
 with the names. timm and transformers are optional: `pip install -e .[export]`.
 """
 import json

@@ -26,7 +26,7 @@ def test_timm_encoder_gives_our_features_and_interpolates_to_another_size(run, t
     out = subprocess.run([sys.executable, "-m", "maehelpers", "export", str(run), "--to", "timm", str(tmp_path / "t")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    encoder, cfg = load_encoder(run / "encoder_pretrained.pt")
+    encoder, _ = load_encoder(run / "encoder_pretrained.pt")
     net = timm.create_model(f"local-dir:{tmp_path / 't'}", pretrained=True)   # timm's own loader, strict keys
     imgs = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
