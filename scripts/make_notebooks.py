@@ -282,7 +282,8 @@ NOTEBOOKS = {
            "catches up with the pretrained one and passes it on the curve's seed. With 500 pretraining steps "
            "on 28-px images, pretraining buys a much better frozen feature (the probes of 03) but not a better "
            "starting point for fine-tuning; the paper's gains come after hundreds of pretraining epochs at 224 "
-           "px. The study's `ft` stage measures pretrained against scratch with three seeds."),
+           "px. The study's `ft` stage repeats the comparison with three seeds: it detects no difference between "
+           "pretrained and scratch fine-tuning at this budget (the README's fine-tuning table has the interval)."),
         md("Results are in each run's `results.json` (`ft_top1`, with the recipe and the curve under `ft`)."),
     ],
     "05_visualize.ipynb": head(
