@@ -58,6 +58,10 @@ class TrainConfig:
     log_every: int = 0                   # steps between loss checks / log writes; 0 = 1 on CPU, 25 on CUDA
     accum_iter: int = 1                  # micro-batches per step (memory only: batch_size stays the step's batch)
     tensorboard: bool = True             # TensorBoard logs in <run>/tensorboard/ where the package is installed
+    monitor_points: int = 8              # k-NN monitor points per run, evenly spaced (monitor.py); 0 = off
+    monitor_at: tuple = ()               # the monitor's steps instead, when given (e.g. doublings)
+    monitor_bank: int = 256              # monitor: labelled probe-training images its neighbours come from
+    monitor_queries: int = 128           # monitor: validation images it classifies (never held-out ones)
 
     @property
     def lr(self) -> float:
@@ -258,6 +262,9 @@ def validate(cfg: PretrainConfig) -> None:
          "the uniformity term compares samples within a batch: train.batch_size must be >= 2"),
         (t.max_images >= 0, "train.max_images must be >= 0 (0 = all)"),
         (t.log_every >= 0, "train.log_every must be >= 0 (0 = automatic)"),
+        (t.monitor_points >= 0 and all(s > 0 for s in t.monitor_at) and t.monitor_bank > 0 and t.monitor_queries > 0,
+         "train.monitor_points must be >= 0 (0 = off), train.monitor_at positive steps, monitor_bank and "
+         "monitor_queries > 0"),
         (t.accum_iter >= 1 and t.batch_size % t.accum_iter == 0,
          f"train.accum_iter ({t.accum_iter}) must be >= 1 and divide train.batch_size ({t.batch_size})"),
         (t.accum_iter == 1 or (v.uniformity_weight == 0 and not v.extra_terms),
@@ -316,7 +323,8 @@ def from_dict(d: dict) -> PretrainConfig:
 
 # what may differ between a checkpoint and the resuming config without changing the trajectory
 # (precision, the other thing train.amp decides, is checked on its own when resuming)
-RESUME_FREE = ("train.save_every", "train.amp", "train.log_every", "train.accum_iter", "train.tensorboard", "eval.")
+RESUME_FREE = ("train.save_every", "train.amp", "train.log_every", "train.accum_iter", "train.tensorboard",
+               "train.monitor_", "eval.")
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -33,7 +33,7 @@ from .config import PretrainConfig, apply_overrides, from_dict, to_dict, validat
 from .data import ImageSet, augment, load_dataset, normalize, prepare
 from .model import MAE, ViTClassifier, encoder_state_dict, pool_tokens
 from .pretrain import amp_dtype, build_model, load_encoder, lr_at, pick_device, step_generator
-from .runs import HEADLINES, load_torch, merge_results, read_results, run_lock, save_json, save_torch
+from .runs import HEADLINES, load_torch, merge_results, pack_bits, read_results, run_lock, save_json, save_torch
 
 
 # ----------------------------------------------------------------------------- features
@@ -212,9 +212,12 @@ def raw_pixel_baseline(cfg: PretrainConfig, train: ImageSet, test: ImageSet, see
     `device` (PixelFeatures), so STL-10 at 224 px needs no 7.3 GB matrix on the host."""
     size, e, device = cfg.model.img_size, cfg.eval, pick_device(device)
     tr, te = PixelFeatures(train.images, size, device), PixelFeatures(test.images, size, device)
-    lp = linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, seed, device, progress=False)
-    knn = knn_top1(tr, train.labels, te, test.labels, e.knn_k, e.knn_t, device, chunk=512, train_chunk=512)
-    return {"lp_top1": lp["top1"], "knn_top1": knn, "lp_curve": lp["curve"]}
+    lp = linear_probe(tr, train.labels, te, test.labels, e.lp_epochs, e.batch_size, e.lp_lr, seed, device, progress=False,
+                      predict=True)
+    knn = knn_predict(tr, train.labels, te, e.knn_k, e.knn_t, device=device, chunk=512, train_chunk=512)
+    knn_right, lp_right = knn == test.labels, lp["pred"] == test.labels
+    return {"lp_top1": lp["top1"], "knn_top1": 100.0 * knn_right.float().mean().item(), "lp_curve": lp["curve"],
+            "lp_correct": pack_bits(lp_right), "knn_correct": pack_bits(knn_right)}  # per image, packed (runs.pack_bits)
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -241,15 +244,17 @@ def param_groups_lrd(model: ViTClassifier, weight_decay: float, layer_decay: flo
 
 
 @torch.no_grad()
-def classify(model, images_u8, labels, img_size: int, batch_size: int, device, amp: bool = True) -> float:
+def classify(model, images_u8, labels, img_size: int, batch_size: int, device, amp: bool = True):
+    """(top-1 in %, per-image correctness on the host) of a classifier on whole images."""
     model.eval()
     dtype = amp_dtype(device, amp)
-    labels, correct = labels.to(device), torch.zeros((), device=device)
+    labels, right = labels.to(device), []
     for i in range(0, len(images_u8), batch_size):
         x = prepare(images_u8[i:i + batch_size], img_size, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            correct += (model(x).argmax(1) == labels[i:i + batch_size]).sum()
-    return 100.0 * correct.item() / len(images_u8)
+            right.append(model(x).argmax(1) == labels[i:i + batch_size])
+    right = torch.cat(right).cpu()
+    return 100.0 * right.sum().item() / len(images_u8), right
 
 
 def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state: dict | None = None,
@@ -299,8 +304,8 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
         curve.append({"epoch": epoch + 1, "train_loss": epoch_sum.item() / steps_per_epoch})
         bar.set_postfix(loss=f"{curve[-1]['train_loss']:.3f}")
     bar.close()
-    top1 = classify(model, test.images, test.labels, cfg.model.img_size, e.batch_size, device, cfg.train.amp)
-    return {"top1": top1, "epochs": e.ft_epochs, "steps": total, "layer_decay": layer_decay,
+    top1, right = classify(model, test.images, test.labels, cfg.model.img_size, e.batch_size, device, cfg.train.amp)
+    return {"top1": top1, "correct": pack_bits(right), "epochs": e.ft_epochs, "steps": total, "layer_decay": layer_decay,
             "final_train_loss": curve[-1]["train_loss"], "curve": curve,
             "time_s": round(time.perf_counter() - t0, 2)}, model
 
@@ -359,17 +364,17 @@ def make_scratch_run(cfg: PretrainConfig, run_dir, seed: int = 0) -> Path:
 EVAL_SPLITS = ("validation", "heldout")
 
 
-def load_eval_data(cfg: PretrainConfig, data_root="data", split: str = "validation"):
+def load_eval_data(cfg: PretrainConfig, data_root="data", split: str = "validation", download: bool = True):
     """(probe-training images, scored images). 'validation' scores the first eval.max_test test
     images (every choice of arm or setting was made there); 'heldout' scores the NEXT max_test
     test images, which no choice saw: a confirmation that cannot be tuned to."""
     e = cfg.eval
-    train = load_dataset(cfg.dataset, "train", data_root, max_images=e.max_train)
+    train = load_dataset(cfg.dataset, "train", data_root, download, max_images=e.max_train)
     if split == "validation":
-        return train, load_dataset(cfg.dataset, "test", data_root, max_images=e.max_test)
+        return train, load_dataset(cfg.dataset, "test", data_root, download, max_images=e.max_test)
     if split != "heldout":
         raise ValueError(f"unknown evaluation split {split!r}; valid: {', '.join(EVAL_SPLITS)}")
-    test = load_dataset(cfg.dataset, "test", data_root)
+    test = load_dataset(cfg.dataset, "test", data_root, download)
     if not e.max_test or len(test) < 2 * e.max_test:
         raise ValueError(f"a held-out split needs eval.max_test > 0 and twice as many test images: "
                          f"max_test {e.max_test}, {len(test)} test images")

@@ -91,7 +91,18 @@ def uniformity_wang_isola(features, t: float = 2.0):
     n = z.shape[0]
     sq = (2 - 2 * z @ z.T).clamp_min(0)
     upper = torch.ones(n, n, dtype=torch.bool, device=z.device).triu(1)
-    return torch.logsumexp(-t * sq[upper], dim=0) - math.log(n * (n - 1) / 2)
+    return upper_logsumexp(-t * sq, upper, masked=z.device.type != "cpu") - math.log(n * (n - 1) / 2)
+
+
+def upper_logsumexp(x, upper, masked: bool):
+    """logsumexp of x's entries where `upper` is True. masked: the others set to -inf (exp gives 0, so
+    the same value and gradient), with no host wait; indexing with a boolean mask makes the host wait
+    for the GPU, since its size depends on the data. The CPU keeps the index: it costs no wait there,
+    and it keeps the committed CPU records reproducible to the bit (the two forms sum in different
+    orders and now and then differ in the last bit)."""
+    if masked:
+        return torch.logsumexp(x.masked_fill(~upper, -math.inf).flatten(), dim=0)
+    return torch.logsumexp(x[upper], dim=0)
 
 
 def uniformity_umae(features):

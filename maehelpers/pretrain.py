@@ -32,7 +32,8 @@ from .distributed import (World, agreed, barrier, device_for, gather_objects, lo
 from .losses import check_terms, loss_terms, pretrain_loss
 from .masking import mask_ratio_at
 from .model import MAE, encoder_state_dict, pool_tokens
-from .runs import (EVAL_KEYS, CheckpointError, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl,
+from .monitor import make_monitor, monitor_steps
+from .runs import (EVAL_KEYS, CheckpointError, epoch_rows, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl,
                    read_results, run_lock, save_json, save_torch, write_text)
 
 
@@ -305,6 +306,15 @@ class _StepLog:
         self.elog.flush()
         self.state.epoch_loss, self.state.epoch_count, self.epoch_skipped = 0.0, 0, 0
 
+    def monitor(self, step: int, epoch: float, values: dict) -> None:
+        """A k-NN monitor point: a row of its own in log_epochs.jsonl, and TensorBoard's monitor/."""
+        self.flush()
+        self.elog.write(json.dumps({"step": step, "epoch": round(epoch, 4), **values}) + "\n")
+        self.elog.flush()
+        if self.board is not None:
+            for key in ("knn_top1_mean", "knn_top1_cls"):
+                self.board.add_scalar(f"monitor/{key}", values[key], step)
+
     def close(self) -> None:
         self.slog.close()
         self.elog.close()
@@ -405,6 +415,7 @@ def _optimizer(model, t, device):
 
 def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch, w: World) -> dict:
     ckpt_path, t = run_dir / "checkpoint_last.pt", cfg.train
+    download = data is None  # data handed in: the monitor reads only files already there
     if data is None:  # one process per machine downloads; the others wait, then read
         data = local_main_first(w, lambda: load_dataset(cfg.dataset, "pretrain", data_root))
     data = data.head(t.max_images)
@@ -456,6 +467,7 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                disable=not progress, dynamic_ncols=True)
     every = t.log_every or (1 if device.type == "cpu" else 25)
     images = resident(data.images, device)
+    monitor, monitor_at = _monitor(cfg, data_root, download, total_steps, progress, w)
     first_step, per_rank = state.step, t.batch_size // w.size
     micro = per_rank // t.accum_iter
     with deferred_sigint() as sigint:
@@ -480,6 +492,8 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                 log.add({"step": state.step, "epoch": epoch + 1, "lr": lr, "mask_ratio": ratio}, loss, parts,
                         scaler._scale.clone() if scaler.is_enabled() else None)  # noqa: SLF001 - read without a sync
                 _report_eta(log, state.step - first_step, t0, end_step - state.step, device, cfg.preset, progress)
+                if state.step in monitor_at:  # before any checkpoint of this step, so a resume never skips it
+                    log.monitor(state.step, state.step / steps_per_epoch, monitor.measure(model))
                 if state.step % steps_per_epoch == 0:
                     log.end_epoch(state.step, epoch + 1, elapsed(), feature_health_of(model, data.images[:HEALTH_IMAGES],
                                                                                       cfg.model.img_size))
@@ -501,6 +515,15 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     if state.step < total_steps:
         return {"status": "paused", "step": state.step, "total_steps": total_steps}
     return _finish(cfg, run_dir, model, seconds, total_steps, len(data), device, run["precision"], w, state) if w.main else {}
+
+
+def _monitor(cfg, data_root, download: bool, total_steps: int, progress: bool, w: World):
+    """The k-NN monitor (rank 0 only: the others wait for it at the next collective) and its steps."""
+    t = cfg.train
+    monitor, what = make_monitor(cfg, data_root, download) if w.main else (None, "")
+    if progress and w.main:
+        print(f"k-NN monitor: {what}")
+    return monitor, set(monitor_steps(total_steps, t.monitor_points, t.monitor_at) if monitor else ())
 
 
 def tensorboard_writer(run_dir: Path, t, w: World):
@@ -556,7 +579,7 @@ def _report_eta(log, done: int, t0: float, remaining: int, device, preset: str, 
 def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precision, w: World, state: _State) -> dict:
     """Write the encoder file and the run's results; evaluations of an older encoder are dropped."""
     save_torch({"model": encoder_state_dict(model), "config": to_dict(cfg)}, run_dir / "encoder_pretrained.pt")
-    last = read_jsonl(run_dir / "log_epochs.jsonl")
+    last = epoch_rows(run_dir)
     results = {k: v for k, v in read_results(run_dir).items() if k not in EVAL_KEYS}
     save_json(results, run_dir / "results.json")
     return merge_results(run_dir, {

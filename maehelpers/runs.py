@@ -4,6 +4,7 @@ A run folder (`runs/<name>/`) holds checkpoint_last.pt, encoder_pretrained.pt, r
 log_steps.jsonl and log_epochs.jsonl. Every write goes to a temporary file in the same folder and
 is renamed over the old one, so an interrupted write never replaces the last good file.
 """
+import base64
 import contextlib
 import hashlib
 import io
@@ -15,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -201,3 +203,18 @@ def git_commit() -> str | None:
         return f"dirty:{hashlib.sha1(change.encode()).hexdigest()[:12]} on {head}"
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def epoch_rows(run_dir) -> list[dict]:
+    """The per-epoch rows of a run's log_epochs.jsonl; the k-NN monitor's rows (monitor.py) left out."""
+    return [r for r in read_jsonl(Path(run_dir) / "log_epochs.jsonl") if "loss" in r]
+
+
+def pack_bits(ok) -> str:
+    """Per-image booleans (a tensor or array) as packed bits in base64: what a record stores."""
+    ok = ok.numpy() if hasattr(ok, "numpy") else np.asarray(ok)
+    return base64.b64encode(np.packbits(ok.astype(np.uint8)).tobytes()).decode()
+
+
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)

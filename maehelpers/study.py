@@ -3,6 +3,7 @@ steps, split), resumable and additive, so a study grows over sessions and anyone
 
     python -m maehelpers study run --stage dose            # every arm, seed 0
     python -m maehelpers study run --stage heldout         # the preregistered confirmation (benchmarks/preregistered.md)
+    python -m maehelpers study run --stage long --threads 1  # the registered 16,000-step stage; run it twice for two workers
     python -m maehelpers study run --arms original unif_umae_mean_100x --seeds 0 1 2 --steps 2000
     python -m maehelpers study report --readme README.md   # tables, plots and analyses from the records
     python -m maehelpers study verify --arms original --seeds 0   # rerun a record, compare the numbers
@@ -26,8 +27,8 @@ test images 0..max_test-1 (every choice was made there), `heldout` the next max_
 choice saw.
 """
 import argparse
-import base64
 import contextlib
+import fcntl
 import importlib
 import json
 import os
@@ -38,14 +39,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import make_config
 from .evaluate import (EVAL_SPLITS, POOLS, cached_features, evaluate_run, knn_predict, linear_probe, load_eval_data,
                        make_scratch_run, raw_pixel_baseline, recon_run, run_config)
 from .pretrain import cpu_name, pretrain
-from .runs import git_commit, read_jsonl, read_results
+from .monitor import monitor_curve
+from .runs import git_commit, pack_bits, read_jsonl, read_results, unpack_bits
 from .stats import paired
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,15 @@ BASELINES = ("random", "raw_pixels")
 HELDOUT_ARMS = ("original", "improved", "unif_umae_mean_100x", "unif_wi_mean_1x", "improved_no_curriculum",
                 "improved_no_laplacian", "improved_no_uniformity", "curriculum", "lap_interior_1x", "lowpass")
 HELDOUT_SEEDS = tuple(range(100, 110))
+# the long-budget stage (benchmarks/preregistered.md, "Where MAE starts to work"): 16,000 steps, fresh
+# seeds, scored on the held-out split, fine-tuned, beside scratch and raw pixels with the same seeds
+LONG_ARMS = ("original", "improved", "unif_umae_mean_100x")
+LONG_SEEDS = (200, 201, 202)
+LONG_STEPS = 16000
+# its k-NN monitor: the whole probe split as bank and every validation image as query, so a point is the
+# validation k-NN of the encoder at that step; points at doublings and at 6,000 and 12,000
+LONG_MONITOR = {"train.monitor_at": (500, 1000, 2000, 4000, 6000, 8000, 12000, 16000),
+                "train.monitor_bank": 5000, "train.monitor_queries": 5000}
 
 
 # ----------------------------------------------------------------------------- one run -> one record
@@ -135,7 +145,8 @@ def arm_config(arm: str, args, seed: int, steps: int):
     variant, overrides = arm_spec(arm, args)
     epochs = steps // steps_per_epoch(args)
     return make_config(variant, args.preset, args.dataset, seed, {
-        **overrides, "train.epochs": epochs, "train.warmup_epochs": 0.05 * epochs, "eval.pool": "mean"})
+        **overrides, "train.epochs": epochs, "train.warmup_epochs": 0.05 * epochs, "eval.pool": "mean",
+        **getattr(args, "monitor", {})})
 
 
 def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
@@ -163,7 +174,8 @@ def run_arm(arm: str, seed: int, steps: int, args, data) -> dict:
     if reused:  # the pretraining's own threads, commit and load stay in its first record
         provenance = {f"eval_{k}": v for k, v in provenance.items()}
     return {"arm": arm, "variant": cfg.variant.name, "overrides": overrides, "seed": seed, "steps": steps,
-            **{m: res.get(m) for m in METRICS}, **last_health(run), "ft_recipe": (res.get("ft") or {}).get("recipe"),
+            **{m: res.get(m) for m in METRICS}, **last_health(run), "monitor": monitor_curve(read_jsonl(run / "log_epochs.jsonl")),
+            "ft_recipe": (res.get("ft") or {}).get("recipe"),
             "ft_epochs": args.ft_epochs if args.ft else None,
             "eval_time_s": round(time.time() - t0, 1), **provenance, **bits}
 
@@ -188,15 +200,13 @@ def correctness(run, data, res: dict, device) -> dict:
                 raise RuntimeError(f"{run.name}: {name} recomputed {100 * ok.float().mean().item():.4f} differs from "
                                    f"its record {res[name]:.4f}; the probe is not deterministic here")
             out[name] = pack_bits(ok)
+    ft = res.get("ft") or {}
+    if ft.get("correct"):  # the fine-tuned classifier's own predictions, made when it was scored
+        right = unpack_bits(ft["correct"], len(test))
+        if abs(100.0 * right.mean() - res["ft_top1"]) > 1e-9:
+            raise RuntimeError(f"{run.name}: fine-tuning bits give {100 * right.mean():.4f}, its record {res['ft_top1']:.4f}")
+        out["ft_top1"] = ft["correct"]
     return out
-
-
-def pack_bits(ok: torch.Tensor) -> str:
-    return base64.b64encode(np.packbits(ok.numpy().astype(np.uint8)).tobytes()).decode()
-
-
-def unpack_bits(text: str, n: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
 
 
 def correct_path(records) -> Path:
@@ -205,12 +215,16 @@ def correct_path(records) -> Path:
     return records.with_name(records.stem + "_correct.jsonl")
 
 
-def raw_pixel_record(args, steps: int, data) -> dict:
-    """Linear probe and k-NN on the normalised pixels themselves (the same value under both pools)."""
-    raw = raw_pixel_baseline(arm_config("original", args, 0, steps), *data, device=args.device)
-    return {"arm": "raw_pixels", "variant": None, "overrides": {}, "seed": 0, "steps": steps,
+def raw_pixel_record(args, steps: int, data, seed: int = 0) -> dict:
+    """Linear probe (its seed: `seed`) and k-NN on the normalised pixels themselves (the same value under
+    both pools); on the held-out split with each image's correctness, as every record there."""
+    raw = raw_pixel_baseline(arm_config("original", args, seed, steps), *data, seed=seed, device=args.device)
+    bits = {"n": len(data[1]), **{f"{probe}_top1_{pool}": raw[f"{probe}_correct"]
+                                  for probe in ("lp", "knn") for pool in POOLS}}
+    return {"arm": "raw_pixels", "variant": None, "overrides": {}, "seed": seed, "steps": steps,
             **{m: None for m in METRICS}, "lp_top1_mean": raw["lp_top1"], "lp_top1_cls": raw["lp_top1"],
-            "knn_top1_mean": raw["knn_top1"], "knn_top1_cls": raw["knn_top1"], **_provenance([os.getloadavg()[0]])}
+            "knn_top1_mean": raw["knn_top1"], "knn_top1_cls": raw["knn_top1"], **_provenance([os.getloadavg()[0]]),
+            **({"correct": bits} if args.split == "heldout" else {})}
 
 
 def _provenance(load, device: str = "cpu") -> dict:
@@ -241,16 +255,23 @@ def read_records(path=None, dataset: str | None = None, preset: str | None = Non
 
 
 def append_record(record: dict, path) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One line, in one write to a file opened for appending: two workers never interleave lines."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- stages
 def plan(args, records) -> list[tuple]:
     """The (arm, seed, steps) runs that a stage asks for, finished ones left out."""
     steps = args.steps
-    if args.arms:  # raw pixels have no seed: one record (seed 0) whatever seeds are asked for
-        todo = [(a, 0 if a == "raw_pixels" else s, steps) for s in args.seeds or [0] for a in args.arms]
+    if args.arms:  # raw pixels' probe takes the seed on the held-out split; elsewhere one record (seed 0)
+        todo = [(a, 0 if a == "raw_pixels" and getattr(args, "split", "validation") != "heldout" else s, steps)
+                for s in args.seeds or [0] for a in args.arms]
+    elif args.stage == "long":  # seed-major; every seed: the three arms, scratch fine-tuning, raw pixels
+        todo = [(a, s, LONG_STEPS) for s in args.seeds or LONG_SEEDS for a in (*LONG_ARMS, "random", "raw_pixels")]
     elif args.stage == "heldout":  # seed-major, so that every arm grows together
         todo = [(a, s, steps) for s in args.seeds or HELDOUT_SEEDS for a in HELDOUT_ARMS]
     elif args.stage == "dose":
@@ -270,9 +291,13 @@ def plan(args, records) -> list[tuple]:
             todo = [(a, s, n * steps) for n in (4, 8) for s in (0, 1) for a in ["original", best[0][0]]]
         else:
             raise ValueError(f"unknown stage {args.stage!r}")
-    want_ft = args.ft
-    return [k for k in dict.fromkeys(todo)
-            if k not in records or (want_ft and k[0] != "raw_pixels" and records[k].get("ft_epochs") != args.ft_epochs)]
+    return pending(args, todo, records)
+
+
+def pending(args, todo, records) -> list[tuple]:
+    """The runs of `todo` not yet recorded (or recorded without the fine-tuning budget asked for)."""
+    return [k for k in dict.fromkeys(todo) if k not in records or
+            (args.ft and k[0] != "raw_pixels" and records[k].get("ft_epochs") != args.ft_epochs)]
 
 
 def ranked_arms(records, steps) -> list[tuple]:
@@ -294,35 +319,76 @@ def fresh_seeds_only(args, todo) -> None:
 
 
 def run_stage(args) -> None:
+    """Run what the stage still needs, one (arm, seed, steps) at a time. Several workers may share a
+    records file: each run is claimed first (a lock beside the run folders, freed when its process
+    ends) and the records are read again before every run, so a worker takes only what no other
+    worker has done or is doing, and an interrupted stage resumes where it stopped."""
     out = Path(args.records)
-    records = read_records(out, args.dataset, args.preset, args.split)
-    todo = plan(args, records)
+    todo = plan(args, read_records(out, args.dataset, args.preset, args.split))
     if args.split == "heldout":
         fresh_seeds_only(args, todo)
     print(f"{len(todo)} runs to do: {', '.join(f'{a}/s{s}/{st}' for a, s, st in todo)}", flush=True)
-    start, took = time.time(), []
-    data = None
-    for arm, seed, steps in todo:
+    start, took, data = time.time(), [], None
+    while True:
         est = statistics.median(took) if took else 0.0
         if args.budget_minutes and time.time() - start + est > 60 * args.budget_minutes:
             print(f"stopping: the next run (~{est / 60:.0f} min) would pass --budget-minutes {args.budget_minutes}")
             break
-        t0 = time.time()
-        data = data or load_eval_data(arm_config("original", args, 0, steps), args.data_root, args.split)
-        prior = records.get((arm, seed, steps))
-        with threads_of(prior):
-            record = raw_pixel_record(args, steps, data) if arm == "raw_pixels" else run_arm(arm, seed, steps, args, data)
-        same_encoder(prior, record, (arm, seed, steps))
-        head = {"dataset": args.dataset, "preset": args.preset, "split": args.split}
-        if "correct" in record:  # per-image bits in a file of their own, so the records stay readable
-            append_record({**head, "arm": arm, "seed": seed, "steps": steps, **record.pop("correct")},
-                          correct_path(out))
-        append_record({**head, **record}, out)
-        took.append(time.time() - t0)
-        left = len(todo) - len(took)
-        print(f"{arm} s{seed} {steps} steps: k-NN mean {record['knn_top1_mean']:.2f}, LP mean "
-              f"{record['lp_top1_mean']:.2f} ({took[-1]:.0f} s{', under load' if record.get('under_load', record.get('eval_under_load')) else ''})"
-              + (f"; {left} runs left, about {left * statistics.median(took) / 60:.0f} min" if left else ""), flush=True)
+        records = read_records(out, args.dataset, args.preset, args.split)
+        with claim_next(args, pending(args, todo, records)) as key:
+            if key is None:
+                break
+            t0 = time.time()
+            data = data or load_eval_data(arm_config("original", args, 0, key[2]), args.data_root, args.split)
+            record = run_one(args, key, records.get(key), data)
+            write_record(args, out, key, record)
+            took.append(time.time() - t0)
+            left = len(pending(args, todo, read_records(out, args.dataset, args.preset, args.split)))
+            print(f"{key[0]} s{key[1]} {key[2]} steps: k-NN mean {record['knn_top1_mean']:.2f}, LP mean "
+                  f"{record['lp_top1_mean']:.2f} ({took[-1]:.0f} s"
+                  f"{', under load' if record.get('under_load', record.get('eval_under_load')) else ''})"
+                  + (f"; {left} runs left, about {left * statistics.median(took) / 60:.0f} min of this worker's pace"
+                     if left else ""), flush=True)
+
+
+def run_one(args, key, prior: dict | None, data) -> dict:
+    """One (arm, seed, steps): raw pixels or an arm, with the thread count of an earlier record of it,
+    and refused if it adds to a record of another encoder."""
+    arm, seed, steps = key
+    with threads_of(prior):
+        record = raw_pixel_record(args, steps, data, seed) if arm == "raw_pixels" else run_arm(arm, seed, steps, args, data)
+    same_encoder(prior, record, key)
+    return record
+
+
+def write_record(args, out: Path, key, record: dict) -> None:
+    """The record, and its per-image bits in a file of their own (so the records stay readable)."""
+    head = {"dataset": args.dataset, "preset": args.preset, "split": args.split}
+    if "correct" in record:
+        append_record({**head, "arm": key[0], "seed": key[1], "steps": key[2], **record.pop("correct")},
+                      correct_path(out))
+    append_record({**head, **record}, out)
+
+
+@contextlib.contextmanager
+def claim_next(args, todo):
+    """Yield the first run of `todo` that no other worker holds, holding its claim (an flock on
+    runs_root/<dataset>/.claims/<run>.lock) until the block ends; None when every run is taken."""
+    folder = Path(args.runs_root) / args.dataset / ".claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in todo:
+        fd = os.open(folder / f"{key[0]}_s{key[1]}_{key[2]}.lock", os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another worker runs it
+            os.close(fd)
+            continue
+        try:
+            yield key
+        finally:
+            os.close(fd)  # closing frees the lock
+        return
+    yield None
 
 
 ENCODER_METRICS = ("lp_top1_mean", "knn_top1_mean", "lp_top1_cls", "knn_top1_cls")
@@ -440,7 +506,7 @@ def build_parser(prog: str = "python -m maehelpers study") -> argparse.ArgumentP
                         "reconstruction metrics; refresh-health: measure the feature health of recorded runs "
                         "that lack it; seeds: how many seeds an interval or effect needs")
     p.add_argument("--stage", default="dose",
-                   help="dose | confirm | power | ft | budget | heldout (ignored with --arms)")
+                   help="dose | confirm | power | ft | budget | heldout | long (ignored with --arms)")
     p.add_argument("--split", choices=EVAL_SPLITS, default="validation",
                    help="score on test images 0..max_test-1 (validation) or the next max_test (heldout); "
                         "--stage heldout implies heldout")
@@ -483,8 +549,10 @@ def parse(argv=None, prog: str = "python -m maehelpers study") -> argparse.Names
         importlib.import_module(module)
     args.extra_arms = {k: tuple(v) for k, v in json.loads(Path(args.arms_file).read_text()).items()} \
         if args.arms_file else {}
-    if args.stage == "heldout" and not args.arms:
+    if args.stage in ("heldout", "long") and not args.arms:
         args.split = "heldout"
+    if args.stage == "long" and not args.arms:  # as registered: 16,000 steps, fine-tuned, its monitor
+        args.steps, args.ft, args.monitor = LONG_STEPS, True, LONG_MONITOR
     if args.steps % steps_per_epoch(args):
         p.error(f"--steps must be a multiple of {steps_per_epoch(args)} (one epoch of the preset)")
     for arm in args.arms or []:

@@ -20,12 +20,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import to_dict
 from .masking import mask_ratio_at
 from .pretrain import build_model
-from .runs import save_json
+from .runs import read_jsonl, save_json, unpack_bits
 from .stats import bootstrap_paired, holm, mean_interval, paired, seeds_needed, slope
 from .evaluate import EVAL_SPLITS
 from .study import (ARMS, BASELINES, HEADLINE, HELDOUT_ARMS, HELDOUT_SEEDS, METRICS, ROOT, arm_config, correct_path,
-                    read_records, unpack_bits)
-from .runs import read_jsonl
+                    read_records)
 
 
 def flops_per_step(step) -> float:

@@ -17,7 +17,7 @@ from maehelpers.metrics import PSNR_CAP, masked_hf_error, masked_psnr, reconstru
 from maehelpers.model import MAE, ViTClassifier
 import maehelpers.pretrain as P
 from maehelpers.pretrain import load_encoder, load_mae, pretrain
-from maehelpers.runs import load_torch, read_jsonl, read_results
+from maehelpers.runs import epoch_rows, load_torch, read_jsonl, read_results
 from maehelpers.viz import draw_curves, draw_recon_grid, draw_results, plot_curves, plot_results, recon_grid
 from maehelpers.widgets import Inspector, draw_inspector
 
@@ -402,7 +402,7 @@ def test_feature_health_hand_values():
 
 
 def test_pretraining_logs_feature_health_per_epoch(two_runs):
-    rows = read_jsonl(two_runs / "original" / "log_epochs.jsonl")
+    rows = epoch_rows(two_runs / "original")
     assert len(rows) == 2 and all(1 <= r["effective_rank"] <= 32 for r in rows)
     model = load_mae(two_runs / "original")[0]
     images = load_dataset("synthetic", "pretrain", max_images=128).images[:P.HEALTH_IMAGES]

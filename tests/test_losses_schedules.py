@@ -50,6 +50,23 @@ def test_uniformity_lower_for_spread_features():
     assert torch.isclose(uniformity_wang_isola(torch.tensor([[1.0, 0], [-1, 0]])), torch.tensor(-8.0))
 
 
+def test_masked_logsumexp_has_the_value_and_gradient_of_the_indexed_one():
+    """CUDA's form (no host wait) against the boolean index, on a hand case and on random features."""
+    x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 8.0]])
+    upper = torch.ones(3, 3, dtype=torch.bool).triu(1)
+    assert L.upper_logsumexp(x, upper, masked=True).item() == pytest.approx(math.log(math.e + math.e ** 2 + math.e ** 5))
+    torch.manual_seed(0)
+    for n in (2, 5, 64):
+        feats = torch.randn(n, 16, requires_grad=True)
+        grads = []
+        for masked in (False, True):
+            z = torch.nn.functional.normalize(feats, dim=-1)
+            sq = (2 - 2 * z @ z.T).clamp_min(0)
+            value = L.upper_logsumexp(-2 * sq, torch.ones(n, n, dtype=torch.bool).triu(1), masked)
+            grads.append((value.detach(), *torch.autograd.grad(value, feats)))
+        assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
 def test_weights_switch_terms():
     model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
                 decoder_depth=1, decoder_num_heads=2)

@@ -18,7 +18,7 @@ from maehelpers.masking import mask_ratio_at
 from maehelpers.model import MAE
 import maehelpers.pretrain as P
 from maehelpers.pretrain import NonFiniteLossError, amp_dtype, load_encoder, lr_at, pretrain
-from maehelpers.runs import CheckpointError, load_torch, merge_results, read_jsonl, run_lock, save_torch
+from maehelpers.runs import CheckpointError, epoch_rows, load_torch, merge_results, read_jsonl, run_lock, save_torch
 
 
 def test_model_can_learn_a_fixed_batch():
@@ -58,7 +58,7 @@ def test_resume_is_exact(tmp_path, smoke_cfg):
 
 
 def part_time(tmp_path):
-    rows = read_jsonl(tmp_path / "split" / "log_epochs.jsonl")
+    rows = epoch_rows(tmp_path / "split")
     return rows[0]["seconds"]
 
 
@@ -167,7 +167,7 @@ def test_epoch_loss_after_a_mid_epoch_resume_covers_the_whole_epoch(tmp_path, mo
         pretrain(cfg, tmp_path / "cut", progress=False)
     monkeypatch.setattr(P, "mask_ratio_at", real)
     pretrain(cfg, tmp_path / "cut", progress=False)
-    whole, cut = read_jsonl(tmp_path / "whole" / "log_epochs.jsonl"), read_jsonl(tmp_path / "cut" / "log_epochs.jsonl")
+    whole, cut = epoch_rows(tmp_path / "whole"), epoch_rows(tmp_path / "cut")
     assert [r["step"] for r in cut] == [8, 16]
     assert [r["loss"] for r in cut] == pytest.approx([r["loss"] for r in whole], rel=1e-9)
 
@@ -241,8 +241,8 @@ def test_checking_every_n_steps_logs_the_same_and_catches_a_nan(tmp_path):
     lazy = make_config("improved", "smoke", "synthetic", overrides={"train.log_every": 5})
     pretrain(lazy, tmp_path / "every5", progress=False)
     assert read_jsonl(tmp_path / "every1" / "log_steps.jsonl") == read_jsonl(tmp_path / "every5" / "log_steps.jsonl")
-    assert read_jsonl(tmp_path / "every1" / "log_epochs.jsonl")[-1]["loss"] == \
-        read_jsonl(tmp_path / "every5" / "log_epochs.jsonl")[-1]["loss"]
+    assert epoch_rows(tmp_path / "every1")[-1]["loss"] == \
+        epoch_rows(tmp_path / "every5")[-1]["loss"]
     a = load_torch(tmp_path / "every1" / "checkpoint_last.pt")["model"]
     b = load_torch(tmp_path / "every5" / "checkpoint_last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

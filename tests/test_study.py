@@ -79,6 +79,49 @@ def test_fine_tuning_a_recorded_run_after_its_folder_is_gone_pretrains_it_again_
     assert len(lines) == 2
 
 
+def test_long_stage_is_the_registered_plan():
+    args = study.parse(["run", "--stage", "long", "--threads", "1"])
+    assert (args.split, args.steps, args.ft, args.ft_epochs) == ("heldout", 16000, True, 20)
+    todo = study.plan(args, {})
+    assert len(todo) == 15 and todo[:5] == [(a, 200, 16000) for a in
+                                           ("original", "improved", "unif_umae_mean_100x", "random", "raw_pixels")]
+    assert {s for _, s, _ in todo} == {200, 201, 202}
+    cfg = study.arm_config("improved", args, 200, 16000)
+    assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.max_images) == (128, 6.4, 16000)  # its own schedule
+    assert cfg.train.monitor_at[-1] == 16000 and cfg.train.monitor_queries == cfg.eval.max_test == 5000
+    assert cfg.train.monitor_bank == cfg.eval.max_train  # a point is the validation k-NN of that step's encoder
+    done = {(a, s, st): {"ft_epochs": 20} for a, s, st in todo[:4]}
+    assert study.plan(args, done) == todo[4:]
+
+
+def test_workers_claim_different_runs_and_free_them(tmp_path):
+    import argparse
+    args = argparse.Namespace(runs_root=str(tmp_path), dataset="synthetic")
+    todo = [("original", 0, 16), ("improved", 0, 16)]
+    with study.claim_next(args, todo) as first, study.claim_next(args, todo) as second:
+        with study.claim_next(args, todo) as third:
+            assert (first, second, third) == (todo[0], todo[1], None)
+    with study.claim_next(args, todo) as again:   # freed when the block ended
+        assert again == todo[0]
+
+
+def test_heldout_records_keep_fine_tuning_and_raw_pixel_bits_and_the_monitor_curve(tmp_path):
+    common = ["--dataset", "synthetic", "--preset", "smoke", "--steps", "16", "--runs-root", str(tmp_path / "runs"),
+              "--records", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "out"), "--quiet", "--split", "heldout",
+              "--seeds", "7", "8"]
+    study_command(["run", "--arms", "original", "random", "raw_pixels", "--ft", "--ft-epochs", "1", *common])
+    records = study.read_records(tmp_path / "r.jsonl", split="heldout")
+    bits = {(r["arm"], r["seed"]): r for r in map(json.loads, (tmp_path / "r_correct.jsonl").read_text().splitlines())}
+    assert sorted(bits) == sorted((a, s) for a, s, _ in records) and len(records) == 6
+    for (arm, seed, _), r in records.items():
+        for m in ("knn_top1_mean", "lp_top1_mean") + (("ft_top1",) if arm != "raw_pixels" else ()):
+            assert 100 * study.unpack_bits(bits[arm, seed][m], 128).mean() == pytest.approx(r[m], abs=1e-9), (arm, m)
+    raw = [records["raw_pixels", s, 16] for s in (7, 8)]
+    assert raw[0]["knn_top1_mean"] == raw[1]["knn_top1_mean"]        # k-NN on pixels has no seed
+    assert bits["raw_pixels", 7]["lp_top1_mean"] != bits["raw_pixels", 8]["lp_top1_mean"]  # the probe has: its own
+    assert records["original", 7, 16]["monitor"][-1][0] == 16 and len(records["original", 7, 16]["monitor"]) == 8
+
+
 def test_paired_difference_and_detectable_effect_hand_values():
     base = {0: 70.0, 1: 72.0, 2: 74.0}
     arm = {0: 71.0, 1: 74.0, 2: 74.0, 3: 99.0}            # seed 3 has no partner: left out
