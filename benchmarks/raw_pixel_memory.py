@@ -44,9 +44,9 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def measure(size: int, epochs: int, device: str, n_train: int = 5000, n_test: int = 8000) -> dict:
+def measure(size: int, epochs: int, device: str, n_train: int = 5000, n_test: int = 8000, timeout: int = 7200) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, str(size), str(epochs), device, str(n_train), str(n_test)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=7200)
+                         capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"the measurement failed:\n{out.stderr[-3000:]}")

@@ -12,6 +12,7 @@ ranks can see, a failed download) are agreed: every rank raises, none is left wa
 """
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    group: bool = False     # a process group exists (torchrun, even with one process): collectives run
 
     @property
     def main(self) -> bool:
@@ -43,9 +45,10 @@ def backend_for(device: torch.device) -> str:
 
 def world(device: torch.device | None = None) -> World:
     """The launcher's world (from torchrun's environment), initialised once for `device` (NCCL for
-    CUDA, one GPU per local rank; gloo for CPU); 1 process without a launcher."""
+    CUDA, one GPU per local rank; gloo for CPU); 1 process without a launcher. Under torchrun a group
+    is made even for one process, so a single GPU runs the NCCL code (DDP, the gathered uniformity)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
+    if size <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return World()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
@@ -57,8 +60,16 @@ def world(device: torch.device | None = None) -> World:
                                  "(--nproc_per_node) or train on the CPU (--device cpu)")
             torch.cuda.set_device(local)
         dist.init_process_group(backend_for(device or torch.device("cpu")),
-                                device_id=torch.device("cuda", local) if cuda else None)
-    return World(dist.get_rank(), dist.get_world_size(), local)
+                                device_id=torch.device("cuda", local) if cuda else None, **group_timeout())
+    return World(dist.get_rank(), dist.get_world_size(), local, group=True)
+
+
+def group_timeout() -> dict:
+    """The process group's timeout from MAEHELPERS_PG_TIMEOUT_S (seconds), else PyTorch's default (NCCL
+    10 minutes). No rank waits in a collective during a download (data.locked), so the default holds
+    for a first run too; raise it for slow shared file systems."""
+    seconds = os.environ.get("MAEHELPERS_PG_TIMEOUT_S")
+    return {"timeout": timedelta(seconds=float(seconds))} if seconds else {}
 
 
 def close_world() -> None:
@@ -72,7 +83,7 @@ def close_world() -> None:
 
 def gather_objects(w: World, obj) -> list:
     """Every rank's `obj`, in rank order ([obj] when alone)."""
-    if w.size == 1:
+    if not w.group:
         return [obj]
     out = [None] * w.size
     dist.all_gather_object(out, obj)
@@ -95,32 +106,24 @@ def agreed(w: World, fn):
     return out
 
 
-def local_main_first(w: World, fn):
-    """fn() on each machine's local rank 0 first (a download, an extraction), then on the other
-    ranks, which then find the files in place; a failure stops every rank."""
-    first = agreed(w, fn if w.local_rank == 0 else lambda: None)
-    later = agreed(w, fn if w.local_rank != 0 else lambda: None)
-    return first if w.local_rank == 0 else later
-
-
 def device_for(w: World, device: torch.device) -> torch.device:
     """Each rank on its own GPU (its local rank); CPU ranks share the CPU."""
-    return torch.device("cuda", w.local_rank) if device.type == "cuda" and w.size > 1 else device
+    return torch.device("cuda", w.local_rank) if device.type == "cuda" and w.group else device
 
 
 def barrier(w: World) -> None:
-    if w.size > 1:
+    if w.group:
         dist.barrier()
 
 
 def mean_over_ranks(x: torch.Tensor, w: World) -> torch.Tensor:
     """The mean of a tensor over ranks (for logging the global loss); x itself when alone."""
-    return sum_over_ranks(x, w) / w.size if w.size > 1 else x
+    return sum_over_ranks(x, w) / w.size if w.group else x
 
 
 def sum_over_ranks(x: torch.Tensor, w: World) -> torch.Tensor:
     """One all-reduce (sum) of a detached copy; x itself when alone."""
-    if w.size == 1:
+    if not w.group:
         return x
     x = x.detach().clone()
     dist.all_reduce(x)
@@ -129,7 +132,7 @@ def sum_over_ranks(x: torch.Tensor, w: World) -> torch.Tensor:
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' rows of x in rank order, with gradients flowing back to each rank's own rows."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return x
     from torch.distributed.nn.functional import all_gather
     return torch.cat(all_gather(x), dim=0)

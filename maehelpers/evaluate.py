@@ -11,8 +11,8 @@ Protocol, stated once (docs/protocol.md has the details and the reasons):
 - k-NN: cosine similarity on L2-normalised features, k = 20, votes weighted by exp(sim / 0.07).
 - Fine-tuning: the WHOLE encoder trains (official models_vit with global pooling), layer-wise lr
   decay, drop path, label smoothing, warmup + cosine, batched random resized crop (scale 0.08-1) +
-  flip, then the official RandAugment, random erasing and mixup/cutmix from torchvision.transforms.v2
-  (ft_augmenter; the short presets turn those off). A random encoder is the
+  flip, then the official RandAugment, random erasing and mixup/cutmix, batched on the device
+  (ft_augment.py; the short presets turn those off). A random encoder is the
   "scratch" baseline (run folder `scratch/`), fine-tuned without layer-wise decay.
 - Results are stored with their key (encoder hash, data fingerprint, settings) and reused only
   when it matches.
@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import PretrainConfig, apply_overrides, from_dict, to_dict, validate
-from .data import ImageSet, augment, load_dataset, normalize, prepare
+from .data import ImageSet, augment, gatherer, load_dataset, prepare, resident
 from .model import MAE, ViTClassifier, encoder_state_dict, pool_tokens
-from .pretrain import amp_dtype, build_model, load_encoder, lr_at, pick_device, step_generator
+from .ft_augment import ft_augmenter
+from .pretrain import amp_dtype, build_model, load_encoder, lr_at, pick_device, precision_name, step_generator
 from .runs import HEADLINES, load_torch, merge_results, pack_bits, read_results, run_lock, save_json, save_torch
 
 
@@ -76,11 +77,12 @@ def extract_features(model: MAE, images_u8, img_size: int, batch_size: int = 128
 def cached_features(run_dir, data: ImageSet, split: str, batch_size: int = 128, device=None,
                     progress: bool = True, keys: tuple | None = None, amp: bool = True) -> dict:
     """Both pools' features of `data` from run_dir/encoder_pretrained.pt, cached in
-    run_dir/features/ under the encoder file's hash and the data's fingerprint."""
+    run_dir/features/ under the encoder file's hash, the data's fingerprint and the precision they
+    are computed in (bf16 / fp16 features on CUDA are not fp32 ones; amp: the run's train.amp)."""
     run_dir = Path(run_dir)
     enc_path = run_dir / "encoder_pretrained.pt"
     enc, dat = keys or (file_key(enc_path), data_key(data))
-    cache = run_dir / "features" / f"{split}_{dat}_{enc}.pt"
+    cache = run_dir / "features" / f"{split}_{dat}_{enc}_{precision_name(amp_dtype(pick_device(device), amp))}.pt"
     if cache.exists():
         return load_torch(cache)
     model, cfg = load_encoder(enc_path)
@@ -273,7 +275,7 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
     opt = torch.optim.AdamW(param_groups_lrd(model, e.ft_weight_decay, layer_decay), lr=lr, fused=device.type == "cuda")
     dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    augmenter = ft_augmenter(e, num_classes)
+    augmenter = ft_augmenter(e, num_classes, device, seed)
     criterion = nn.CrossEntropyLoss(label_smoothing=e.ft_label_smoothing)
     steps_per_epoch = len(train) // e.batch_size or 1
     total, warmup = e.ft_epochs * steps_per_epoch, e.ft_warmup_epochs * steps_per_epoch
@@ -282,15 +284,18 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
     bar = tqdm(total=total, desc="fine-tune" if encoder_state is not None else "fine-tune (scratch)",
                disable=not progress, leave=False)
     curve = []
+    # images (where they fit) and labels stay on the device, indexed there: no step copies from the host
+    images, labels = resident(train.images, device), train.labels.to(device)
+    gather = gatherer(images, device)
     for epoch in range(e.ft_epochs):
         model.train()
-        order = torch.randperm(len(train), generator=order_g)
+        order = torch.randperm(len(train), generator=order_g).to(images.device)  # one copy per epoch
         epoch_sum = torch.zeros((), device=device)  # read once per epoch: no step waits for the GPU
         for i in range(steps_per_epoch):
             idx = order[i * e.batch_size:(i + 1) * e.batch_size]
-            x01 = augment(train.images[idx], cfg.model.img_size, e.ft_crop_scale,
+            x01 = augment(gather(idx), cfg.model.img_size, e.ft_crop_scale,
                           generator=step_generator(seed, step, device), device=device, normalized=False)
-            x, y = augmenter(x01, train.labels[idx].to(device))
+            x, y = augmenter(x01, labels[idx.to(device, non_blocking=True)])
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, warmup, lr, 1e-6) * group["lr_scale"]
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -308,35 +313,6 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
     return {"top1": top1, "correct": pack_bits(right), "epochs": e.ft_epochs, "steps": total, "layer_decay": layer_decay,
             "final_train_loss": curve[-1]["train_loss"], "curve": curve,
             "time_s": round(time.perf_counter() - t0, 2)}, model
-
-
-def ft_augmenter(e, num_classes: int):
-    """The official fine-tuning augmentation after crop and flip, in the official order, from
-    torchvision.transforms.v2: RandAugment on uint8 images (each image's magnitude drawn from
-    N(ft_randaug_magnitude, ft_randaug_mstd) on timm's 0-10 scale, as 'rand-m9-mstd0.5'; torchvision's
-    set of ops), normalise, random erasing filled with per-pixel noise, then mixup or cutmix for the
-    batch (one of the two, each with probability 0.5, as timm's Mixup). Returns
-    f(x in [0, 1], labels) -> (model input, labels or soft targets); randomness from torch's global RNG."""
-    from torchvision.transforms import v2
-    rand_aug = ({m: v2.RandAugment(e.ft_randaug_ops, m, num_magnitude_bins=11) for m in range(11)}
-                if e.ft_randaug_magnitude > 0 else None)
-    erase = v2.RandomErasing(e.ft_reprob, scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value="random") \
-        if e.ft_reprob > 0 else None
-    mixes = ([v2.MixUp(alpha=e.ft_mixup, num_classes=num_classes)] if e.ft_mixup > 0 else []) + \
-            ([v2.CutMix(alpha=e.ft_cutmix, num_classes=num_classes)] if e.ft_cutmix > 0 else [])
-    mix = v2.RandomChoice(mixes) if mixes else None
-
-    def apply(x01, y):
-        if rand_aug:  # per image: v2 would give a whole batch the same ops
-            u8 = x01.mul(255).round_().to(torch.uint8)
-            mags = torch.normal(float(e.ft_randaug_magnitude), float(e.ft_randaug_mstd), (len(u8),))
-            x01 = torch.stack([rand_aug[m](img) for m, img in zip(mags.round().clamp(0, 10).int().tolist(), u8)])
-            x01 = x01.float().div_(255)
-        x = normalize(x01)
-        if erase:
-            x = torch.stack([erase(img) for img in x])
-        return mix(x, y) if mix else (x, y)
-    return apply
 
 
 # ----------------------------------------------------------------------------- run folders

@@ -169,15 +169,16 @@ def evaluate_all(paths: Paths, steps, force: bool = False, **eval_settings) -> s
     order = {"knn_top1_mean": "knn", "lp_top1_mean": "lp", "knn_top1_cls": "knn", "lp_top1_cls": "lp",
              "ft_top1": "ft", "ft_recipe": "ft"}  # the study's headline first
     if {"lp", "knn"} & set(steps):
-        raw = raw_pixels(cfg, data, paths.compare, force)
+        raw = raw_pixels(cfg, data, paths.compare, force, paths.device)
         rows.append({"variant": "raw pixels", "seeds": [], **{f"{m}_top1_{p}": raw[f"{m}_top1"]
                                                                for m in ("lp", "knn") for p in ("cls", "mean")}})
     return markdown_table(rows, ["variant", "seeds"] + [k for k, s in order.items() if s in steps]) + \
         f"\n{seed_list(rows)}\n"
 
 
-def raw_pixels(cfg, data, out_dir: Path, force: bool = False) -> dict:
-    """The raw-pixel baseline for these images and eval settings, cached in out_dir/raw_pixels.json."""
+def raw_pixels(cfg, data, out_dir: Path, force: bool = False, device=None) -> dict:
+    """The raw-pixel baseline for these images and eval settings, on `device` (the notebook's),
+    cached in out_dir/raw_pixels.json."""
     from .evaluate import data_key, raw_pixel_baseline
     from .runs import save_json
     e = cfg.eval
@@ -186,7 +187,7 @@ def raw_pixels(cfg, data, out_dir: Path, force: bool = False) -> dict:
     path = out_dir / "raw_pixels.json"
     if path.exists() and not force and json.loads(path.read_text()).get("key") == key:
         return json.loads(path.read_text())
-    result = {**raw_pixel_baseline(cfg, *data), "key": key}
+    result = {**raw_pixel_baseline(cfg, *data, device=device), "key": key}
     save_json(result, path)
     return result
 

@@ -26,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import RESUME_FREE, PretrainConfig, config_diff, from_dict, to_dict, validate
-from .data import augment, epoch_order, load_dataset, prepare
-from .distributed import (World, agreed, barrier, device_for, gather_objects, local_main_first, mean_over_ranks,
+from .data import augment, epoch_order, gatherer, load_dataset, locked, prepare, resident
+from .distributed import (World, agreed, barrier, device_for, gather_objects, mean_over_ranks,
                           sum_over_ranks, world)
 from .losses import check_terms, loss_terms, pretrain_loss
 from .masking import mask_ratio_at
@@ -184,11 +184,15 @@ def _step_inputs(cfg, images_u8, step: int, total_steps: int, num_patches: int, 
     imgs = augment(images_u8, cfg.model.img_size, cfg.train.crop_scale, generator=g, device=device, rows=rows,
                    batch=batch)
     noise = torch.rand(batch, num_patches, generator=g, device=device)[rows]
-    # the step's uniform draw for the schedule (the 'random' one uses it), on the host: .item() of a
-    # GPU value would wait; drawn last, so it changes no image or mask
-    host = g if g.device.type == "cpu" else step_generator(cfg.seed, step, torch.device("cpu"))
-    u = torch.rand(1, generator=host).item()
-    return imgs, noise, mask_ratio_at(step / total_steps, cfg.variant, u)
+    return imgs, noise, mask_ratio_at(step / total_steps, cfg.variant, schedule_draw(cfg.seed, step))
+
+
+def schedule_draw(seed: int, step: int) -> float:
+    """The step's uniform draw for the mask schedule (the 'random' one uses it): on the host, from a
+    generator of its own, so it is the same on every device and for any batch, and reading it never
+    waits for a GPU. (Until 2026-12-07 it came after the images' draws from the step's generator on
+    the CPU; the one record of the `random_ratio` arm reproduces at its own commit.)"""
+    return torch.rand(1, generator=torch.Generator().manual_seed(2 ** 40 + seed * 1_000_003 + step)).item()
 
 
 def _train_step(objective, optimizer, scaler, micro_inputs, accum: int, lr, dtype, log, step: int, w: World):
@@ -204,7 +208,7 @@ def _train_step(objective, optimizer, scaler, micro_inputs, accum: int, lr, dtyp
     for k in range(accum):
         imgs, noise, ratio = micro_inputs(k)
         last = k == accum - 1
-        with objective.no_sync() if w.size > 1 and not last else contextlib.nullcontext():
+        with objective.no_sync() if w.group and not last else contextlib.nullcontext():
             with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
                 loss, parts, _, _ = objective(imgs, ratio, noise)
             if log.every == 1:
@@ -367,15 +371,6 @@ def eta_message(seconds_per_step: float, remaining: int, device: torch.device, p
     return text
 
 
-def resident(images, device: torch.device, limit_bytes: int | None = None):
-    """Keep the dataset on the GPU when it takes at most a third of the free GPU memory (STL-10's
-    2.8 GB at 96 px fits a T4), so no step gathers a batch from host memory or a memory map."""
-    if device.type != "cuda":
-        return images
-    limit = limit_bytes if limit_bytes is not None else torch.cuda.mem_get_info(device)[0] // 3
-    return images.to(device) if images.numel() * images.element_size() <= limit else images
-
-
 class _Objective(torch.nn.Module):
     """The pretraining objective as a module, so DistributedDataParallel can wrap it."""
 
@@ -416,8 +411,8 @@ def _optimizer(model, t, device):
 def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch, w: World) -> dict:
     ckpt_path, t = run_dir / "checkpoint_last.pt", cfg.train
     download = data is None  # data handed in: the monitor reads only files already there
-    if data is None:  # one process per machine downloads; the others wait, then read
-        data = local_main_first(w, lambda: load_dataset(cfg.dataset, "pretrain", data_root))
+    if data is None:  # the processes of a machine download one at a time, waiting on a file lock, not in a collective
+        data = agreed(w, lambda: locked(w.size > 1, data_root, lambda: load_dataset(cfg.dataset, "pretrain", data_root)))
     data = data.head(t.max_images)
     steps_per_epoch = len(data) // t.batch_size
     if steps_per_epoch == 0:
@@ -437,7 +432,7 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     if loss_terms(cfg.variant):  # a term that fails or gives no finite scalar is named before any work
         check_terms(model, prepare(data.images[:4], cfg.model.img_size, device), cfg.variant)
     objective = _Objective(model, cfg.variant)
-    if w.size > 1:
+    if w.group:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
     if w.main:
@@ -467,7 +462,9 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                disable=not progress, dynamic_ncols=True)
     every = t.log_every or (1 if device.type == "cpu" else 25)
     images = resident(data.images, device)
-    monitor, monitor_at = _monitor(cfg, data_root, download, total_steps, progress, w)
+    gather = gatherer(images, device)  # host images bound for a GPU: pinned, non-blocking copies
+    monitor, monitor_at = agreed(w, lambda: locked(w.size > 1, data_root, lambda: _monitor(
+        cfg, data_root, download, total_steps, progress, w)))
     first_step, per_rank = state.step, t.batch_size // w.size
     micro = per_rank // t.accum_iter
     with deferred_sigint() as sigint:
@@ -483,7 +480,7 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
 
                 def micro_inputs(k, step=state.step, idx=idx):
                     rows = slice(w.rank * per_rank + k * micro, w.rank * per_rank + (k + 1) * micro)
-                    return _step_inputs(cfg, images[idx[rows]], step, total_steps, model.num_patches, device, rows,
+                    return _step_inputs(cfg, gather(idx[rows]), step, total_steps, model.num_patches, device, rows,
                                         t.batch_size)
                 lr = lr_at(state.step, total_steps, warmup_steps, t.lr, t.min_lr)
                 loss, parts, ratio = _train_step(objective, optimizer, scaler, micro_inputs, t.accum_iter, lr, dtype,
@@ -587,6 +584,7 @@ def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precisi
         "config": to_dict(cfg), "pretrain_time_s": round(seconds, 2), "pretrain_steps": total_steps,
         "pretrain_images": n_images, "pretrain_final_loss": last[-1]["loss"] if last else None,
         "torch": torch.__version__, "device": device_name(device), "precision": precision, "world_size": w.size,
+        "process_group": torch.distributed.get_backend() if w.group else None,
         "matmul_precision": torch.get_float32_matmul_precision(), "skipped_steps": state.skipped,
         "precision_changes": list(state.precision_changes), "git_commit": git_commit(), "status": "done"})
 

@@ -21,14 +21,38 @@ def test_speed_script_quick(tmp_path):
 
 
 def test_gpu_check_runs_through_on_the_cpu(tmp_path):
-    """The script the first GPU session runs: every check runs or says why it is skipped."""
+    """The script the first GPU session runs: every part runs or says why it is skipped."""
     import gpu_check
     gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
     res = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert not [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
-    assert res["fp16"]["skipped"] and res["two_gpus"]["skipped"]
-    assert res["throughput"][0]["img_s"] > 0 and res["raw_pixels"]["peak_host_mb"] > 0
-    assert res["tf32"]["matmul_precision"] == "highest"            # on the CPU nothing is changed
+    names = [name for name, _, _ in gpu_check.parts(tmp_path, None, True)]
+    assert all(name in res for name in names)
+    assert not [k for k in names if "error" in res[k]]
+    assert all("skipped" in res[k] for k in ("fp16_overflow", "resume", "uniformity_memory", "ddp_one", "ddp_two", "compile"))
+    assert all(res[k]["img_s"] > 0 and res[k]["tflop_s"] > 0 for k in ("pretrain_96", "improved_96", "finetune_224"))
+    assert res["raw_pixels"]["peak_host_mb"] > 0
+
+
+def test_gpu_check_skips_what_does_not_fit_its_budget_and_keeps_its_record_when_killed(tmp_path):
+    import gpu_check
+    gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--budget-seconds", "40"])
+    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert "img_s" in res["pretrain_96"] and "skipped" in res["ddp_two"] and "budget" in res["ddp_two"]["skipped"]
+    # killed midway: the parts done are in the file, which is whole JSON
+    import os, signal, subprocess, time
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--device", "cpu",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if (out / "gpu_check.json").exists() and "improved_96" in (out / "gpu_check.json").read_text():
+                break
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    res = json.loads((out / "gpu_check.json").read_text())
+    assert "img_s" in res["pretrain_96"] and "ddp_two" not in res
 
 
 def test_series_time_quick_writes_durations_and_leaves_the_committed_ones(tmp_path):
@@ -61,3 +85,11 @@ def test_readme_quotes_the_committed_fine_tuning_curve():
     readme = (ROOT / "README.md").read_text()
     assert curve["verdict"] in readme and ft_curve.README_MARKS[0] in readme
     assert curve["chosen"] == ft_curve.passing_budget(curve["lines"])
+
+
+def test_monitor_cost_reports_its_share_of_the_run():
+    import monitor_cost
+    out = monitor_cost.main(["--quick", "--off"])
+    assert out["with_monitor"]["points"] == 8 and out["without_monitor"]["points"] == 0
+    assert 0 < out["with_monitor"]["monitor_s"] < out["with_monitor"]["pretrain_s"]
+    assert out["share_of_pretraining"] == round(out["with_monitor"]["monitor_s"] / out["with_monitor"]["pretrain_s"], 4)

@@ -56,6 +56,17 @@ def test_two_processes_train_what_one_process_trains(tmp_path, variant):
     assert out.stdout.count("wrote ") == 1  # rank 0 alone reports
 
 
+def test_one_process_under_torchrun_runs_the_process_group_code_and_trains_the_same(tmp_path):
+    """torchrun with one process makes a group of one (NCCL on a GPU, gloo here), so DDP, the all-reduces
+    and the gathered uniformity run on a single device, and train what the plain process trains."""
+    pretrain(make_config("improved", "smoke", "synthetic"), tmp_path / "plain", progress=False)
+    out = torchrun(cli("improved", tmp_path, "group"), nproc=1)
+    assert out.returncode == 0, out.stderr[-3000:]
+    group, plain = read_results(tmp_path / "group"), read_results(tmp_path / "plain")
+    assert (group["world_size"], group["process_group"], plain["process_group"]) == (1, "gloo", None)
+    assert max_difference(tmp_path / "plain" / "checkpoint_last.pt", tmp_path / "group" / "checkpoint_last.pt") < TOLERANCE
+
+
 def test_a_batch_that_does_not_divide_is_refused_before_any_work(tmp_path):
     out = torchrun(cli("original", tmp_path, "odd", "--set", "train.batch_size", "15"))
     assert out.returncode != 0

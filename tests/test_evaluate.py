@@ -181,10 +181,10 @@ def test_paper_preset_fine_tunes_with_the_official_augmentation_and_short_preset
     assert (ablation.ft_randaug_magnitude, ablation.ft_reprob, ablation.ft_mixup, ablation.ft_cutmix) == (0, 0, 0, 0)
 
 
-def _augmenter(**settings):
-    from maehelpers.evaluate import ft_augmenter
+def _augmenter(seed=0, **settings):
+    from maehelpers.ft_augment import ft_augmenter
     e = make_config("original", "smoke", "synthetic", overrides={f"eval.{k}": v for k, v in settings.items()}).eval
-    return ft_augmenter(e, num_classes=10)
+    return ft_augmenter(e, 10, "cpu", seed)
 
 
 def test_randaugment_and_random_erasing_act_per_image():
@@ -192,11 +192,9 @@ def test_randaugment_and_random_erasing_act_per_image():
     the same ops and the same erased rectangle."""
     x = torch.rand(1, 3, 16, 16).expand(8, -1, -1, -1).contiguous()
     y = torch.arange(8)
-    torch.manual_seed(0)
     out, labels = _augmenter(ft_randaug_magnitude=9.0, ft_reprob=0.0)(x, y)
     assert torch.equal(labels, y)
     assert len({tuple(o.flatten().tolist()) for o in out}) >= 6
-    torch.manual_seed(0)
     out, _ = _augmenter(ft_reprob=1.0)(x, y)
     erased = [(o != normalize(x[:1])[0]).any(0) for o in out]   # where each image was erased
     assert all(m.any() for m in erased)
@@ -204,13 +202,73 @@ def test_randaugment_and_random_erasing_act_per_image():
     assert torch.equal(_augmenter()(x, y)[0], normalize(x))      # all parts off: normalising only
 
 
-def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one():
+def test_each_randaugment_op_is_torchvisions_at_every_magnitude_and_sign():
+    """The batched ops against v2.RandAugment's own op on each image (nearest, zero fill), including a
+    low-contrast image and a flat patch (AutoContrast, Equalize and Solarize's edge cases)."""
+    from torchvision.transforms import v2
+    from maehelpers import ft_augment as A
     torch.manual_seed(0)
+    u8 = torch.randint(0, 256, (4, 3, 20, 24), dtype=torch.uint8)
+    u8[1] = u8[1] // 3 + 40
+    u8[2, :, :5] = 7
+    u8[3] = 128                                                          # a flat image
+    ra = v2.RandAugment(num_ops=1, num_magnitude_bins=11)
+    table, _, kernel = A._constants(torch.device("cpu"), 11, 20, 24)
+    for k, name in enumerate(A.OPS):
+        for m in range(11):
+            for sign in ((1, -1) if name in A.SIGNED else (1,)):
+                level = float(table[k, m]) * sign
+                theirs = torch.stack([ra._apply_image_or_video_transform(img, name, level, interpolation=ra.interpolation,
+                                                                         fill=ra._fill) for img in u8])
+                ours = A.apply_ops(u8, torch.full((4,), k), torch.full((4,), level), kernel)
+                off = (theirs.int() - ours.int()).abs()
+                assert off.max() <= 1 and (off > 0).float().mean() < 0.005, (name, m, sign)
+
+
+def _ks(a, b) -> float:
+    from scipy.stats import ks_2samp
+    return ks_2samp(a.numpy(), b.numpy()).pvalue
+
+
+def test_batched_randaugment_and_erasing_are_distributed_as_torchvisions_per_image():
+    """The same picture through torchvision per image and through the batched version, 3,000 times each:
+    the distributions of what each does to it (mean change, share of pixels changed) agree (KS test)."""
+    from torchvision.transforms import v2
+    from maehelpers import ft_augment as A
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8, generator=g)
+    n = 3000
+    batch = img.expand(n, -1, -1, -1).contiguous()
+    torch.manual_seed(0)
+    theirs = torch.stack([v2.RandAugment(2, 9, num_magnitude_bins=11)(img) for _ in range(n)])
+    ours = A.rand_augment(batch, torch.full((n,), 9), 2, 11, torch.Generator().manual_seed(1))
+    for stat in (lambda t: (t.float() - img.float()).mean((1, 2, 3)), lambda t: (t != img).float().mean((1, 2, 3))):
+        assert _ks(stat(theirs), stat(ours)) > 0.01
+    x = torch.zeros(n, 3, 16, 16)
+    erase = v2.RandomErasing(0.5, scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value="random")
+    theirs = torch.stack([erase(x[0]) for _ in range(n)]) != 0
+    ours = A.random_erase(x, 0.5, generator=torch.Generator().manual_seed(2)) != 0
+    for stat in (lambda t: t.float().mean((1, 2, 3)), lambda t: t.any(1).float().argmax(1).float().mean(1)):
+        assert _ks(stat(theirs), stat(ours)) > 0.01
+
+
+def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one():
+    """Each image is mixed with the one before it, and its target gives its own label the share of it
+    that is left: the pixels it keeps (cutmix) or the weight of the blend (mixup)."""
     x, y = torch.rand(8, 3, 16, 16), torch.arange(8)
-    out, soft = _augmenter(ft_mixup=0.8, ft_cutmix=1.0)(x, y)
-    assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8))
-    assert ((soft > 0).sum(1) == 2).all()                        # each target mixes two classes
-    assert not torch.equal(out, normalize(x))
+    kinds = set()
+    for seed in range(4):                                         # both mixup and cutmix come up
+        out, soft = _augmenter(seed, ft_mixup=0.8, ft_cutmix=1.0)(x, y)
+        own, before = soft[torch.arange(8), y], soft[torch.arange(8), y.roll(1)]
+        assert torch.allclose(soft.sum(1), torch.ones(8)) and torch.allclose(own + before, torch.ones(8))
+        kept = (out == normalize(x)).all(1).float().mean((1, 2))
+        if kept.any():
+            kinds.add("cutmix")
+            assert torch.allclose(own, kept)
+        else:
+            kinds.add("mixup")
+            assert torch.allclose(out, normalize(x) * own[0] + normalize(x).roll(1, 0) * before[0], atol=1e-6)
+    assert kinds == {"mixup", "cutmix"}
 
 
 def test_finetune_with_the_official_augmentation_runs():
