@@ -1,4 +1,4 @@
-"""The study moved into the package (maehelpers/study.py and study_report.py); this keeps the
+"""The study lives in the package (maehelpers/study/); this alias keeps the
 commands written before the move, benchmarks/preregistered.md's among them, working:
 
     python benchmarks/ablation.py ARGS   is   python -m maehelpers study ARGS

@@ -48,9 +48,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import maehelpers.evaluate as ev  # noqa: E402
+import maehelpers.finetune as ft  # noqa: E402
 import maehelpers.pretrain as P  # noqa: E402
+from maehelpers.checkpoints import build_model  # noqa: E402
 from maehelpers.config import make_config  # noqa: E402
 from maehelpers.data import ImageSet  # noqa: E402
+from maehelpers.devices import device_name, pick_device, precision_name  # noqa: E402
+from maehelpers.model import ViTClassifier  # noqa: E402
+from maehelpers.train_log import NonFiniteLossError, StepLog  # noqa: E402
 from maehelpers.runs import load_torch, read_results  # noqa: E402
 from raw_pixel_memory import measure as raw_pixel_memory  # noqa: E402
 from speed import flops_per_step, step_fn  # noqa: E402
@@ -58,7 +63,6 @@ from speed import flops_per_step, step_fn  # noqa: E402
 T4_BYTES = 15 * 2**30
 # nominal dense (no sparsity) tensor-core peaks in TFLOP/s, bf16 where the GPU has it, else fp16
 NOMINAL_PEAK = {"H200": 989, "H100 PCIe": 756, "H100": 989, "A100": 312, "L4": 121, "A10": 125, "V100": 125, "T4": 65}
-ALLOWED_WAITS = ("_StepLog.flush", "_StepLog._check_scale")   # the log flush every log_every steps
 
 
 def images(n: int, size: int = 96, labels: bool = False) -> ImageSet:
@@ -122,7 +126,7 @@ class StepWindows:
 
     def waits(self) -> dict:
         """Synchronising calls seen in the window, by source line, and how many per step outside the flush."""
-        allowed = {(inspect.getsourcefile(f), n) for f in (P._StepLog.flush, P._StepLog._check_scale)
+        allowed = {(inspect.getsourcefile(f), n) for f in (StepLog.flush, StepLog._check_scale)
                    for n in range(f.__code__.co_firstlineno, f.__code__.co_firstlineno + len(inspect.getsource(f).splitlines()))}
         where, other = {}, 0
         for w in (x for x in self.seen if "synchroniz" in str(x.message)):
@@ -179,7 +183,7 @@ def pretrain_part(tmp, device, quick, variant="original", preset="fast", batch=6
         window.stop_waits()
         P._train_step, P.amp_dtype, P.resident = real_step, real_dtype, real_resident
     dtype = (torch.float16 if fp16 and device.type == "cuda" else P.amp_dtype(device, cfg.train.amp))
-    model = P.build_model(cfg).to(device)
+    model = build_model(cfg).to(device)
     x = torch.randn(batch, 3, cfg.model.img_size, cfg.model.img_size, device=device)
     flops = flops_per_step(step_fn(model, "ours", x, device, dtype))
     return summarise(window, batch, flops, device, dtype, quick, cfg.model.img_size, res.get("precision"))
@@ -210,18 +214,18 @@ def finetune_part(tmp, device, quick) -> dict:
     batch = 16 if quick else 128
     steps = s["warm"] + s["waits"] + s["timed"] + 5
     cfg = make_config("original", "paper", "stl10", 0, {"eval.ft_epochs": 1, "eval.batch_size": batch, **s["model"]})
-    real = ev.augment
+    real = ft.augment
     window = StepWindows(real, device, s["warm"], s["waits"], s["timed"])
-    ev.augment = window
+    ft.augment = window
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
-        ev.finetune(cfg, images(steps * batch, labels=True), images(64, labels=True), None, device=device, progress=False)
+        ft.finetune(cfg, images(steps * batch, labels=True), images(64, labels=True), None, device=device, progress=False)
     finally:
         window.stop_waits()
-        ev.augment = real
+        ft.augment = real
     dtype = P.amp_dtype(device, cfg.train.amp)
-    model = ev.ViTClassifier(10, **{k: v for k, v in vars(cfg.model).items()}).to(device)
+    model = ViTClassifier(10, **{k: v for k, v in vars(cfg.model).items()}).to(device)
     x = torch.randn(batch, 3, cfg.model.img_size, cfg.model.img_size, device=device)
     opt = torch.optim.AdamW(model.parameters())
 
@@ -232,7 +236,7 @@ def finetune_part(tmp, device, quick) -> dict:
         loss.backward()
         opt.step()
     return summarise(window, batch, flops_per_step(step), device, dtype, quick, cfg.model.img_size,
-                     P.precision_name(dtype))
+                     precision_name(dtype))
 
 
 def compile_part(device, quick) -> dict:
@@ -281,7 +285,7 @@ def fp16_overflow_part(tmp, device, quick) -> dict:
     try:
         P.pretrain(cfg, tmp / "fp16_overflow", data=images(steps * batch), device=device, progress=False)
         stopped = "no stop"
-    except P.NonFiniteLossError as e:
+    except NonFiniteLossError as e:
         stopped = str(e)
     finally:
         P.amp_dtype, P.pretrain_loss = real_dtype, real_loss
@@ -367,10 +371,10 @@ def uniformity_memory_part(device) -> dict:
 
 
 def env_part(device) -> dict:
-    out = {"device": P.device_name(device), "torch": torch.__version__, "nominal_peak_tflop_s": nominal_peak(device)}
+    out = {"device": device_name(device), "torch": torch.__version__, "nominal_peak_tflop_s": nominal_peak(device)}
     if device.type == "cuda":
         out.update(capability=list(torch.cuda.get_device_capability(device)),
-                   precision=P.precision_name(P.amp_dtype(device)), gpus=torch.cuda.device_count(),
+                   precision=precision_name(P.amp_dtype(device)), gpus=torch.cuda.device_count(),
                    memory_gb=torch.cuda.get_device_properties(device).total_memory / 2**30)
     return out
 
@@ -413,7 +417,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", help="run these parts only")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
-    device = P.pick_device(args.device)
+    device = pick_device(args.device)
     out = Path(args.out) / "gpu_check.json"
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
            "budget_seconds": args.budget_seconds, "command": "python benchmarks/gpu_check.py " + " ".join(argv or sys.argv[1:])}

@@ -21,9 +21,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maehelpers.config import make_config  # noqa: E402
+from maehelpers.generated import marks, replace_block  # noqa: E402
 from maehelpers.monitor import MONITOR_KEYS  # noqa: E402
-from maehelpers.pretrain import cpu_name, pretrain  # noqa: E402
+from maehelpers.devices import cpu_name  # noqa: E402
+from maehelpers.pretrain import pretrain
 from maehelpers.runs import git_commit, read_jsonl, save_json  # noqa: E402
+
+
+DOC_MARKS = marks("monitor cost", "python benchmarks/monitor_cost.py")  # in docs/performance.md
+
+
+def summary(out: dict) -> str:
+    """The docs' sentence, from the JSON the command writes."""
+    on, m = out["with_monitor"], out["monitor"]
+    loaded = on["load_before"] > out["threads"] + 0.75 or on["load_after"] > out["threads"] + 0.75
+    return (f"In the `{out['preset']}` preset ({out['steps']} steps of {out['dataset']}, {out['threads']} thread): "
+            f"{on['points']} points of {m['queries']} queries against a bank of {m['bank']} took {on['monitor_s']:.1f} s "
+            f"of {on['pretrain_s']:.1f} s of pretraining, **{100 * out['share_of_pretraining']:.1f} %** "
+            f"(`{out['command']}`, {out['date']} UTC, {out['machine']}"
+            + (f", 1-minute load {on['load_before']}-{on['load_after']}: measured under load; both times share it" if loaded else "")
+            + "). The share is of the run's own time, so load moves both sides alike." + (
+                f" With the monitor off the same run took {out['without_monitor']['pretrain_s']:.1f} s (wall ratio "
+                f"{out['wall_ratio_on_off']:.3f})." if out.get("without_monitor") else ""))
 
 
 def measure(cfg, run_dir, data_root) -> dict:
@@ -68,6 +87,7 @@ def main(argv=None) -> dict:
           + (f"; wall time with / without: {out['wall_ratio_on_off']:.3f}" if off else ""))
     if not args.quick:
         save_json(out, Path(args.out) / "monitor_cost.json")
+        replace_block(ROOT / "docs" / "performance.md", summary(out), DOC_MARKS)
     return out
 
 

@@ -25,7 +25,7 @@ CHILD = """
 import json, resource, sys, time, torch
 from maehelpers.config import make_config
 from maehelpers.data import ImageSet
-from maehelpers.evaluate import raw_pixel_baseline
+from maehelpers.probes import raw_pixel_baseline
 size, epochs, device, n_train, n_test = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 g = torch.Generator().manual_seed(0)
 make = lambda n: ImageSet(torch.randint(0, 256, (n, 3, 96, 96), generator=g, dtype=torch.uint8),

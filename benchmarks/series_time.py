@@ -11,8 +11,8 @@
    features of the probe's images for three encoders). The projection says what it counts.
 
 Writes maehelpers/measured_durations.json (package data: the messages of `python -m maehelpers run`
-read it), with the machine, its load, torch's threads, the date and the commit, and the README's
-table of durations from it.
+read it), with the machine, its load, torch's threads, the date and the commit, and the durations
+table of docs/performance.md from it.
 --quick: the smoke series and one step per timing, into a temporary file (a test of this script).
 """
 import argparse
@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from maehelpers.config import make_config  # noqa: E402
-from maehelpers import durations  # noqa: E402
-from maehelpers.durations import MEASURED_FILE  # noqa: E402
-from maehelpers.study_report import replace_readme_tables  # noqa: E402
+from maehelpers import series  # noqa: E402
+from maehelpers.generated import replace_block  # noqa: E402
+from maehelpers.series import MEASURED_FILE  # noqa: E402
 from maehelpers.model import MAE, ViTClassifier  # noqa: E402
-from maehelpers.pretrain import cpu_name  # noqa: E402
+from maehelpers.devices import cpu_name  # noqa: E402
 from maehelpers.runs import git_commit  # noqa: E402
 from speed import step_fn, timed  # noqa: E402
 
@@ -113,22 +113,22 @@ def main(argv=None) -> dict:
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp()) / "durations.json" if args.quick else MEASURED_FILE)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        series = [timed_series("synthetic", "smoke", Path(tmp) / "smoke")]
+        timings = [timed_series("synthetic", "smoke", Path(tmp) / "smoke")]
         if not args.quick:
-            series.append(timed_series("fashion_mnist", "ablation", Path(tmp) / "ablation"))
+            timings.append(timed_series("fashion_mnist", "ablation", Path(tmp) / "ablation"))
     presets = ("smoke",) if args.quick else ("fast", "paper")
     projected = [projection(p, step_times(p, 1 if args.quick else 5)) for p in presets]
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
               "machine": machine(), "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-              "series": {s["preset"]: s for s in series}, "projected_cpu": {p["preset"]: p for p in projected},
+              "series": {s["preset"]: s for s in timings}, "projected_cpu": {p["preset"]: p for p in projected},
               "command": "python benchmarks/series_time.py"}
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     print(f"wrote {out}")
-    if out == MEASURED_FILE:  # the README quotes what was just measured
-        durations.measured.cache_clear()
-        replace_readme_tables(ROOT / "README.md", durations.quick_start_table(), durations.README_MARKS)
-        print("README.md: the durations table rewritten")
+    if out == MEASURED_FILE:  # the docs quote what was just measured
+        series.measured.cache_clear()
+        replace_block(ROOT / "docs" / "performance.md", series.durations_table(), series.DURATIONS_MARKS)
+        print("docs/performance.md: the durations table rewritten")
     return result
 
 

@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maehelpers.data import augment  # noqa: E402
-from maehelpers.evaluate import extract_features, linear_probe  # noqa: E402
+from maehelpers.probes import extract_features, linear_probe  # noqa: E402
 from maehelpers.model import MAE  # noqa: E402
-from maehelpers.pretrain import amp_dtype, device_name  # noqa: E402
+from maehelpers.devices import amp_dtype, device_name  # noqa: E402
+from maehelpers.generated import marks, replace_block  # noqa: E402
 from maehelpers.runs import save_json  # noqa: E402
 
 SIZES = dict(embed_dim=192, depth=8, num_heads=6, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4)
@@ -198,6 +199,9 @@ def bench_probe(n_images, img_size, epochs, measured_reencode_epochs=2, device=t
             "note": f"re-encoding cost measured over {measured_reencode_epochs} epochs, times {epochs}"}
 
 
+DOC_MARKS = marks("speed", "python benchmarks/speed.py")  # in docs/performance.md
+
+
 def table(res) -> str:
     lines = [f"Machine: {res['machine']}; torch {res['torch']}; sgemm peak {res['sgemm_gflop_s']:.0f} GFLOP/s "
              "(2048x2048, this run)", "",
@@ -215,7 +219,9 @@ def table(res) -> str:
                 r = c[name]
                 lines += ["", f"torch.compile at {c['img_size']} px, {what}: compile {c[f'{name}_compile_s']:.0f} s; "
                               f"compiled / eager per interleaved pair: median {r['median_ratio']:.3f} "
-                              f"(pairs {', '.join(f'{x:.2f}' for x in r['ratio_per_pair'])})"]
+                              f"(pairs {', '.join(f'{x:.2f}' for x in r['ratio_per_pair'])})"
+                              + (f"; {c['date']}, 1-minute load {c['load_1min']:.1f} on {os.cpu_count()} cores"
+                                 if "load_1min" in c else "")]
     for d in res["data"]:
         lines += ["", f"Data at {d['img_size']} px: batched uint8 path {statistics.median(d['batched_img_s']):.0f} img/s, "
                       f"PIL + DataLoader ({d['pil_workers']} workers) {statistics.median(d['pil_dataloader_img_s']):.0f} "
@@ -251,6 +257,7 @@ def main(argv=None):
                           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_1min": os.getloadavg()[0]}
         save_json(res, Path(args.out) / "speed.json")
         (Path(args.out) / "speed.md").write_text(table(res))
+        replace_block(ROOT / "docs" / "performance.md", table(res), DOC_MARKS)
         return res
     res = {"machine": device_name(torch.device("cpu")),
            "torch": torch.__version__, "command": " ".join(sys.argv), "sgemm_gflop_s": sgemm_peak(cpu)}
@@ -268,6 +275,8 @@ def main(argv=None):
     out = Path(args.out)
     save_json(res, out / "speed.json")
     (out / "speed.md").write_text(table(res))
+    if not args.quick:
+        replace_block(ROOT / "docs" / "performance.md", table(res), DOC_MARKS)
     print(table(res))
     return 0
 

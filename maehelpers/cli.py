@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import DATASETS, PRESETS, VARIANTS, make_config
-from .durations import CPU_PRESET, cpu_duration, cpu_paths, run_banner
+from .series import CPU_PRESET, cpu_duration, cpu_paths, run_banner
 
 
 def _overrides(args) -> dict:
@@ -81,22 +81,9 @@ def export_command(args) -> None:
 
 
 def study_command(argv) -> int:
-    """`python -m maehelpers study ...`: run a stage or arms, then report; verify; seeds."""
-    from . import study, study_report
-    args = study.parse(argv)
-    if args.command == "verify":
-        return study.verify(args)
-    if args.command == "seeds":
-        print(study_report.seeds_text(args))
-        return 0
-    if args.command == "refresh-recon":
-        study.refresh_recon(args)
-    if args.command == "refresh-health":
-        study.refresh_health(args)
-    if args.command == "run":
-        study.run_stage(args)
-    study_report.report(args)
-    return 0
+    """`python -m maehelpers study ...` (maehelpers/study/cli.py)."""
+    from .study.cli import main
+    return main(argv)
 
 
 def literal(text: str):
@@ -108,7 +95,7 @@ def literal(text: str):
 
 def run_command(args, cuda: bool | None = None) -> None:
     """cuda: whether a GPU will be used (default: asked of torch, or read from --device)."""
-    from .runner import preflight, run_series
+    from .series import preflight, run_series
     if cuda is None:
         import torch
         cuda = torch.cuda.is_available() if args.device == "auto" else args.device.startswith("cuda")
@@ -140,8 +127,9 @@ def main(argv=None) -> int:
     args = argparse.Namespace(command="study", rest=argv[1:]) if argv[:1] == ["study"] else build_parser().parse_args(argv)
     from .data import DataError
     from .distributed import AgreedError, close_world
-    from .pretrain import NonFiniteLossError, pretrain
-    from .runner import SeriesError
+    from .pretrain import pretrain
+    from .train_log import NonFiniteLossError
+    from .series import SeriesError
     from .runs import CheckpointError
     try:
         if args.command == "study":

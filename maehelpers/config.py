@@ -169,6 +169,25 @@ PRESETS = {
 DATASETS = ("stl10", "fashion_mnist", "cifar10", "folder", "synthetic")
 
 
+def preset_summary(name: str) -> str:
+    """'fast (96 px)': a preset's name and image size, for lists that must name every preset."""
+    return f"{name} ({PRESETS[name]['model'].img_size} px)"
+
+
+def presets_table() -> str:
+    """Every preset as a markdown row, read from PRESETS (docs/reference.md carries it; a test checks)."""
+    rows = ["| preset | image, patch | encoder (wide x deep, heads); decoder | pretraining | probe, fine-tuning |",
+            "|---|---|---|---|---|"]
+    for name, p in PRESETS.items():
+        m, t, e = p["model"], p["train"], p["eval"]
+        images = f"first {t.max_images:,}" if t.max_images else "all"
+        rows.append(f"| `{name}` | {m.img_size} px, {m.patch_size} ({(m.img_size // m.patch_size) ** 2} patches) | "
+                    f"{m.embed_dim} x {m.depth} ({m.num_heads}); {m.decoder_embed_dim} x {m.decoder_depth} | batch "
+                    f"{t.batch_size}, {t.epochs} epochs of {images} images, blr {t.blr:g} | LP {e.lp_epochs} epochs, "
+                    f"FT {e.ft_epochs} epochs{', official augmentation' if e.ft_randaug_magnitude else ''} |")
+    return "\n".join(rows) + "\n"
+
+
 def _choose(kind: str, name: str, valid) -> None:
     if name not in valid:
         raise ValueError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")

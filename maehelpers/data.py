@@ -385,3 +385,7 @@ def augment(images_u8: torch.Tensor, size: int, scale=(0.2, 1.0), ratio=(3 / 4, 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled image order of one epoch, a pure function of (seed, epoch) so resume is exact."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)

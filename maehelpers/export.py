@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .model import encoder_state_dict
-from .pretrain import load_encoder, load_mae
+from .checkpoints import load_encoder, load_mae
 from .runs import read_results
 
 LICENSES = {"stl10": "STL-10 (Coates, Ng, Lee 2011): for research; images from ImageNet, see its terms",

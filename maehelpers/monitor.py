@@ -20,8 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import ImageSet, prepare
+from .data import DataError, ImageSet, prepare
+from .devices import amp_dtype
+from .evaluate import load_eval_data
 from .model import pool_tokens
+from .probes import knn_top1
+
 
 MONITOR_KEYS = ("knn_top1_mean", "knn_top1_cls")
 
@@ -47,7 +51,6 @@ class KnnMonitor:
     @torch.no_grad()
     def features(self, model, images_u8) -> dict:
         device = next(model.parameters()).device
-        from .pretrain import amp_dtype  # pretrain imports this module
         dtype = amp_dtype(device, self.amp)
         out = {"mean": [], "cls": []}
         for i in range(0, len(images_u8), self.batch_size):
@@ -60,7 +63,6 @@ class KnnMonitor:
 
     def measure(self, model) -> dict:
         """k-NN top-1 (%) of the model's current encoder on both pools, and the seconds it took."""
-        from .evaluate import knn_top1  # evaluate imports pretrain, which imports this module
         model = getattr(model, "module", model)
         t0, was_training = time.perf_counter(), model.training
         model.eval()
@@ -76,8 +78,6 @@ def make_monitor(cfg, data_root, download: bool = True) -> tuple[KnnMonitor | No
     t = cfg.train
     if t.monitor_points <= 0 and not t.monitor_at:
         return None, "off (train.monitor_points 0)"
-    from .data import DataError
-    from .evaluate import load_eval_data  # evaluate imports pretrain, which imports this module
     try:
         bank, queries = load_eval_data(cfg, data_root, "validation", download)
     except (DataError, OSError, ValueError) as err:

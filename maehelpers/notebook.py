@@ -13,8 +13,10 @@ from .evaluate import (compare_runs, evaluate_run, find_runs, fresh_results, mak
                        recon_run, run_config, load_eval_data, seed_list)
 from .data import load_dataset, prepare
 from .losses import pretrain_loss
-from .pretrain import build_model, pick_device, pretrain
-from .stats import seeds_needed
+from .checkpoints import build_model
+from .devices import pick_device
+from .pretrain import pretrain
+from .study.stats import seeds_needed
 from .runs import read_results
 
 
@@ -123,8 +125,8 @@ def explain(cfg, paths: Paths, index: int = 0) -> dict:
     import torch
 
     from .data import load_dataset, prepare
-    from .explain import describe, draw_variant_changes, draw_walkthrough, walkthrough
-    from .pretrain import build_model
+    from .walkthrough import describe, draw_variant_changes, draw_walkthrough, walkthrough
+    from .checkpoints import build_model
     images = load_dataset(cfg.dataset, "pretrain", paths.data_root, max_images=64).images
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).eval()
@@ -179,7 +181,7 @@ def evaluate_all(paths: Paths, steps, force: bool = False, **eval_settings) -> s
 def raw_pixels(cfg, data, out_dir: Path, force: bool = False, device=None) -> dict:
     """The raw-pixel baseline for these images and eval settings, on `device` (the notebook's),
     cached in out_dir/raw_pixels.json."""
-    from .evaluate import data_key, raw_pixel_baseline
+    from .probes import data_key, raw_pixel_baseline
     from .runs import save_json
     e = cfg.eval
     key = {"data": data_key(data[0]) + data_key(data[1]), "img_size": cfg.model.img_size, "lp_epochs": e.lp_epochs,
@@ -211,7 +213,7 @@ def _scratch(paths: Paths) -> list[Path]:
 
 def show_neighbours(paths: Paths, n_queries: int = 4, k: int = 6, pool: str = "mean"):
     """For each run, a few test images and their nearest training images under its features."""
-    from .evaluate import cached_features
+    from .probes import cached_features
     from .viz import draw_neighbours
     runs = pretrained_runs(paths)
     train, test = load_eval_data(run_config(runs[0]), paths.data_root)
@@ -237,7 +239,7 @@ def visualize_all(paths: Paths, n_images: int = 6, mask_ratio: float = 0.75, see
     """Masked PSNR / HF error for every pretrained run, then runs/compare/: recon_grid.png (same
     masks for all models), curves.png, results.png and the comparison table. Returns the models
     and test images (for the inspector) and the table."""
-    from .pretrain import load_mae
+    from .checkpoints import load_mae
     from .viz import plot_curves, plot_results, recon_grid
     runs = pretrained_runs(paths)
     pretrained = [r for r in runs if (r / "checkpoint_last.pt").exists()]
@@ -339,7 +341,7 @@ def series_difference(paths: Paths, arm: str = "improved", metric: str = "knn_to
 
 def show_noise_check(paths: Paths, arm: str = "improved"):
     """Place this series' one-seed difference on the study's committed paired differences."""
-    from .verdict import draw_noise, noise_check
+    from .study.verdict import draw_noise, noise_check
     yours = series_difference(paths, arm)
     if yours is None:
         print(f"needs k-NN results of original and {arm}: run 03 first")
@@ -352,7 +354,7 @@ def show_noise_check(paths: Paths, arm: str = "improved"):
 
 def show_verdict():
     """The study's current verdict in three lines and its paired-difference plot, from the records."""
-    from .verdict import draw_verdict, verdict
+    from .study.verdict import draw_verdict, verdict
     v = verdict()
     print("\n".join(f"{i}. {line}" for i, line in enumerate(v["lines"], 1)))
     return draw_verdict(v)
@@ -361,7 +363,7 @@ def show_verdict():
 def show_ft_budget():
     """The measured fine-tuning curve of the study's setting (benchmarks/ft_curve.py, committed):
     at how many epochs pretrained fine-tuning passes its own probe, beside scratch."""
-    from .study import RESULTS
+    from .paths import RESULTS
     path = RESULTS / "ft_curve.json"
     if not path.exists():
         print("no fine-tuning curve is committed yet: python benchmarks/ft_curve.py run, then report")
@@ -369,3 +371,19 @@ def show_ft_budget():
     print(json.loads(path.read_text())["verdict"])
     from IPython.display import Image, display
     display(Image(filename=str(RESULTS / "ft_curve.png")))
+
+
+def show_long_stage():
+    """The study's long-budget stage from the committed records (docs/study.md): each arm's k-NN
+    monitor over 16,000 steps, raw pixels as lines, the records of every budget as points. Says so
+    while the stage has no record yet."""
+    from .study.long import progress
+    from .study.plots import plot_long
+    from .study.records import read_records
+    validation = read_records(None, "fashion_mnist", "ablation")
+    held = read_records(None, "fashion_mnist", "ablation", "heldout")
+    fig = plot_long(validation, held)
+    done, total = progress({k: v for k, v in held.items() if k[2] == 16000})
+    print(f"The study's 16,000-step stage (Fashion-MNIST, preset ablation): {done} of its {total} registered records "
+          + ("are in; its registered verdict is in docs/study.md." if done == total else "are in so far."))
+    return fig

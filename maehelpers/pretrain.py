@@ -13,84 +13,29 @@ lr, crops and masks stay the same). Mixed precision on CUDA: bf16 where the GPU 
 with a GradScaler whose scale and skipped steps are logged; a collapsing scale stops the run.
 """
 import contextlib
-import io
 import json
 import math
-import platform
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import build_model
 from .config import RESUME_FREE, PretrainConfig, config_diff, from_dict, to_dict, validate
-from .data import augment, epoch_order, gatherer, load_dataset, locked, prepare, resident
-from .distributed import (World, agreed, barrier, device_for, gather_objects, mean_over_ranks,
-                          sum_over_ranks, world)
+from .data import augment, epoch_order, gatherer, load_dataset, locked, prepare, resident, step_generator
+from .devices import amp_dtype, device_name, pick_device, precision_name
+from .distributed import World, agreed, barrier, device_for, gather_objects, mean_over_ranks, world
 from .losses import check_terms, loss_terms, pretrain_loss
 from .masking import mask_ratio_at
-from .model import MAE, encoder_state_dict, pool_tokens
+from .model import MAE, encoder_state_dict
 from .monitor import make_monitor, monitor_steps
-from .runs import (EVAL_KEYS, CheckpointError, epoch_rows, git_commit, load_torch, merge_results, prepare_run_dir, read_jsonl,
-                   read_results, run_lock, save_json, save_torch, write_text)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite (or fp16's loss scale collapsed); training stopped."""
-
-
-def pick_device(device=None) -> torch.device:
-    """The device to use: the one asked for, else CUDA when present, else CPU. On CUDA, fp32 matrix
-    products may use TF32 (Ampere and newer): the paths that stay fp32 (amp off, metrics, probes)
-    then run on tensor cores, as PyTorch's own recommendation for training."""
-    device = torch.device(device if device not in (None, "", "auto") else
-                          "cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-    return device
-
-
-def amp_dtype(device: torch.device, enabled: bool = True, capability: tuple | None = None):
-    """Mixed precision on CUDA only, as the official recipe: bf16 on compute capability >= 8.0
-    (A100, L4, H100, ...), fp16 with a GradScaler below (T4, V100: their bf16 is emulated).
-    None (fp32) on CPU or when switched off (train.amp false)."""
-    if device.type != "cuda" or not enabled:
-        return None
-    major, _ = capability or torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
-
-
-def precision_name(dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-
-
-def build_model(cfg: PretrainConfig) -> MAE:
-    return MAE(**asdict(cfg.model))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float):
-    """As the official recipe (timm's rule): no weight decay on biases and 1-D weights (norms)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def lr_at(step: float, total_steps: float, warmup_steps: float, lr: float, min_lr: float = 0.0) -> float:
-    """Linear warmup from 0 over warmup_steps, then half-cycle cosine from lr down to min_lr.
-    Any unit works; the official code uses fractional epochs, so a fractional warmup is kept as is."""
-    if step < warmup_steps:
-        return lr * step / warmup_steps
-    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1e-12)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
-
-
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+from .optim import lr_at, param_groups
+from .runs import (EVAL_KEYS, CheckpointError, epoch_rows, git_commit, load_torch, merge_results, prepare_run_dir,
+                   read_jsonl, read_results, run_lock, save_json, save_torch, write_text)
+from .train_log import HEALTH_IMAGES, StepLog, board_reconstructions, feature_health_of, report_eta, tensorboard_writer
 
 
 @contextlib.contextmanager
@@ -224,109 +169,6 @@ def _train_step(objective, optimizer, scaler, micro_inputs, accum: int, lr, dtyp
     return total, terms, ratio
 
 
-class _StepLog:
-    """Per-step rows kept on the device and written every `every` steps (1 on CPU), so that on CUDA
-    the loop does not wait for the GPU at each step. Each flush makes one all-reduce of the stacked
-    values (the global loss for the log) and of the Ctrl-C flag, so every rank agrees when to stop;
-    it checks finiteness and, under fp16, the GradScaler's scale (always before a checkpoint)."""
-
-    def __init__(self, run_dir: Path, state: _State, every: int, bar, ckpt_path: Path, amp: bool, w: World,
-                 sigint: dict, write: bool = True, board=None):
-        self.slog, self.elog = (open(run_dir / name, "a") if write else io.StringIO()
-                                for name in ("log_steps.jsonl", "log_epochs.jsonl"))
-        self.state, self.every, self.bar, self.ckpt_path, self.amp = state, every, bar, ckpt_path, amp
-        self.w, self.sigint, self.stop = w, sigint, False
-        self.pending, self.scale, self.epoch_skipped, self.eta_start = [], None, 0, None
-        self.board = board  # a TensorBoard SummaryWriter, or None
-
-    def add(self, row: dict, loss, parts, scale=None) -> None:
-        """scale: the GradScaler's scale after this step (a device tensor), or None without fp16."""
-        self.pending.append((row, loss, parts, scale))
-        if len(self.pending) >= self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        values = torch.stack([torch.stack([loss.float(), *[p.float() for p in parts.values()]])
-                              for _, loss, parts, _ in self.pending])
-        flag = torch.tensor([float(self.sigint["hit"])], device=values.device)
-        summed = sum_over_ranks(torch.cat([values.flatten(), flag]), self.w)
-        self.stop = bool(summed[-1] > 0)
-        values = (summed[:-1] / self.w.size).view_as(values).tolist()
-        scales = [float(s) for s in torch.stack([s for *_, s in self.pending]).tolist()] \
-            if self.pending[0][3] is not None else [None] * len(self.pending)
-        for (row, _, parts, _), vals, scale in zip(self.pending, values, scales):
-            if not math.isfinite(vals[0]):
-                self.non_finite(row["step"] - 1, vals[0], f"found when checking every {self.every} steps; "
-                                                          "nothing after it was saved", dict(zip(parts, vals[1:])))
-            row.update(loss=vals[0], **dict(zip(parts, vals[1:])))
-            if scale is not None:
-                self._check_scale(row, scale)
-            self.slog.write(json.dumps(row) + "\n")
-            if self.board is not None:
-                for key in ("loss", *parts, "lr", "mask_ratio", "loss_scale"):
-                    if key in row:
-                        self.board.add_scalar(f"train/{key}", row[key], row["step"])
-            self.state.epoch_loss, self.state.epoch_count = self.state.epoch_loss + vals[0], self.state.epoch_count + 1
-        self.bar.update(len(self.pending))
-        self.bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{row['lr']:.2e}", mask=f"{row['mask_ratio']:.2f}")
-        self.pending = []
-        self.slog.flush()
-
-    def _check_scale(self, row: dict, scale: float) -> None:
-        """A GradScaler halves its scale exactly when it skips a step (inf/NaN gradients): count them,
-        and stop when the scale falls below 1, where fp16 can no longer represent the gradients."""
-        skipped = self.scale is not None and scale < self.scale
-        self.scale = scale
-        self.state.skipped += skipped
-        self.epoch_skipped += skipped
-        row.update(loss_scale=scale, skipped_steps=self.state.skipped)
-        if scale < 1:
-            self.collapse(f"the fp16 loss scale fell to {scale:g} at step {row['step']}")
-
-    def collapse(self, what: str):
-        good = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
-        raise NonFiniteLossError(f"{what}: the gradients overflow fp16 and the GradScaler is skipping updates, so the "
-                                 f"loss only looks finite; {good}. Start again in a new run folder with a lower "
-                                 "train.blr, or set train.amp false to train in fp32.")
-
-    def non_finite(self, step: int, value: float, what: str, parts: dict | None = None):
-        good = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
-        advice = "lower train.blr" + (", or set train.amp false to train in fp32" if self.amp else "")
-        bad = [f"{k} is {v}" for k, v in (parts or {}).items() if not math.isfinite(v)]
-        value = f"{value} ({', '.join(bad)})" if bad else value
-        raise NonFiniteLossError(f"loss is {value} at step {step}; {what}; {good}. A resume keeps the config and "
-                                 f"would meet the same loss: start again in a new run folder with a {advice}.")
-
-    def end_epoch(self, step: int, epoch: int, seconds: float, health: dict | None = None) -> None:
-        self.flush()
-        count = self.state.epoch_count
-        if self.scale is not None and self.epoch_skipped > count / 2:
-            self.collapse(f"the GradScaler skipped {self.epoch_skipped} of the {count} steps of epoch {epoch}")
-        self.elog.write(json.dumps({"step": step, "epoch": epoch, "loss": self.state.epoch_loss / count,
-                                    "seconds": seconds, **(health or {}), **({"skipped_steps": self.epoch_skipped}
-                                                                         if self.scale is not None else {})}) + "\n")
-        self.elog.flush()
-        self.state.epoch_loss, self.state.epoch_count, self.epoch_skipped = 0.0, 0, 0
-
-    def monitor(self, step: int, epoch: float, values: dict) -> None:
-        """A k-NN monitor point: a row of its own in log_epochs.jsonl, and TensorBoard's monitor/."""
-        self.flush()
-        self.elog.write(json.dumps({"step": step, "epoch": round(epoch, 4), **values}) + "\n")
-        self.elog.flush()
-        if self.board is not None:
-            for key in ("knn_top1_mean", "knn_top1_cls"):
-                self.board.add_scalar(f"monitor/{key}", values[key], step)
-
-    def close(self) -> None:
-        self.slog.close()
-        self.elog.close()
-        self.bar.close()
-        if self.board is not None:
-            self.board.close()
-
-
 def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: bool = True,
              device=None, progress: bool = True, stop_at_epoch: int | None = None) -> dict:
     """Pretrain `cfg` into `run_dir`; returns the run's results dict.
@@ -354,21 +196,6 @@ def pretrain(cfg: PretrainConfig, run_dir, data=None, data_root="data", resume: 
         result = _pretrain(cfg, run_dir, data, data_root, resume, device, progress and w.main, stop_at_epoch, w)
     barrier(w)
     return result if w.main else read_results(run_dir)
-
-
-ETA_WARMUP, ETA_STEPS = 2, 5  # steps left out (CUDA start-up, autotuning), then steps measured
-
-
-def eta_message(seconds_per_step: float, remaining: int, device: torch.device, preset: str) -> str:
-    """The expected duration of the rest of a run, from the steps measured so far."""
-    total = seconds_per_step * remaining
-    h, m = divmod(round(total / 60), 60)
-    text = (f"measured {seconds_per_step:.2f} s/step over {ETA_STEPS} steps (after {ETA_WARMUP} warm-up steps): "
-            f"the remaining {remaining} steps take about {f'{h} h {m} min' if h else f'{max(m, 1)} min'}")
-    if device.type == "cpu" and preset == "paper" and total > 3600:
-        text += (". The 'paper' preset (224 px) is meant for a GPU; on a CPU use preset 'fast' (96 px, ~5x cheaper) "
-                 "or 'smoke' to check the set-up")
-    return text
 
 
 class _Objective(torch.nn.Module):
@@ -469,7 +296,7 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     micro = per_rank // t.accum_iter
     with deferred_sigint() as sigint:
         board = tensorboard_writer(run_dir, t, w)
-        log = _StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None, w, sigint, write=w.main, board=board)
+        log = StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None, w, sigint, write=w.main, board=board)
         try:
             order = None
             while state.step < end_step:
@@ -488,7 +315,7 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
                 state.step += 1
                 log.add({"step": state.step, "epoch": epoch + 1, "lr": lr, "mask_ratio": ratio}, loss, parts,
                         scaler._scale.clone() if scaler.is_enabled() else None)  # noqa: SLF001 - read without a sync
-                _report_eta(log, state.step - first_step, t0, end_step - state.step, device, cfg.preset, progress)
+                report_eta(log, state.step - first_step, t0, end_step - state.step, device, cfg.preset, progress)
                 if state.step in monitor_at:  # before any checkpoint of this step, so a resume never skips it
                     log.monitor(state.step, state.step / steps_per_epoch, monitor.measure(model))
                 if state.step % steps_per_epoch == 0:
@@ -523,56 +350,6 @@ def _monitor(cfg, data_root, download: bool, total_steps: int, progress: bool, w
     return monitor, set(monitor_steps(total_steps, t.monitor_points, t.monitor_at) if monitor else ())
 
 
-def tensorboard_writer(run_dir: Path, t, w: World):
-    """A SummaryWriter on run_dir/tensorboard (rank 0, train.tensorboard on), or None where the
-    tensorboard package is not installed: the run goes on with its JSON logs alone."""
-    if not (t.tensorboard and w.main):
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-HEALTH_IMAGES = 256  # the fixed images whose features are measured for collapse at every epoch's end
-
-
-@torch.no_grad()
-def feature_health_of(model, images_u8, img_size: int) -> dict:
-    """metrics.feature_health of the mean-pooled features of the first HEALTH_IMAGES training images
-    (whole images, no mask; draws no random numbers, so training and resume are unchanged)."""
-    from .metrics import feature_health
-    model = getattr(model, "module", model)
-    model.eval()
-    x = prepare(images_u8, img_size, next(model.parameters()).device)
-    health = feature_health(pool_tokens(model.forward_tokens(x), "mean"))
-    model.train()
-    return {k: round(v, 5) for k, v in health.items()}
-
-
-@torch.no_grad()
-def board_reconstructions(board, model, images_u8, img_size: int, step: int) -> None:
-    """One reconstruction grid per epoch, always the same images under the same masks."""
-    from .viz import draw_recon_grid
-    model.eval()
-    fig, _, _ = draw_recon_grid({"model": model}, images_u8, img_size)
-    board.add_figure("reconstructions", fig, step)
-    model.train()
-
-
-def _report_eta(log, done: int, t0: float, remaining: int, device, preset: str, progress: bool) -> None:
-    """After ETA_WARMUP steps start the clock, after ETA_STEPS more print the measured duration.
-    The flushes (on every rank: a flush is collective) let the device catch up, so the time is real."""
-    if done == ETA_WARMUP:
-        log.flush()
-        log.eta_start = time.perf_counter()
-    elif done == ETA_WARMUP + ETA_STEPS and remaining > 0:
-        log.flush()
-        if progress:
-            print(eta_message((time.perf_counter() - log.eta_start) / ETA_STEPS, remaining, device, preset))
-
-
 def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precision, w: World, state: _State) -> dict:
     """Write the encoder file and the run's results; evaluations of an older encoder are dropped."""
     save_torch({"model": encoder_state_dict(model), "config": to_dict(cfg)}, run_dir / "encoder_pretrained.pt")
@@ -589,51 +366,3 @@ def _finish(cfg, run_dir, model, seconds, total_steps, n_images, device, precisi
         "precision_changes": list(state.precision_changes), "git_commit": git_commit(), "status": "done"})
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {cpu_name()}, {torch.get_num_threads()} threads"
-
-
-def load_run_checkpoint(path):
-    """A maehelpers checkpoint (full or encoder-only) and its config; CheckpointError otherwise."""
-    from .config import from_dict
-    obj = load_torch(path)
-    if "model" not in obj or "config" not in obj:
-        raise CheckpointError(f"{path} has no 'model' and 'config' entries: not a maehelpers checkpoint")
-    return obj, from_dict(obj["config"])
-
-
-def load_encoder(path, img_size: int | None = None):
-    """Load `encoder_pretrained.pt` (or a full checkpoint) into an MAE whose encoder holds those
-    weights; position embeddings are interpolated when img_size differs from the checkpoint's."""
-    from dataclasses import replace
-    from .model import adapt_pos_embeds
-    obj, cfg = load_run_checkpoint(path)
-    if img_size and img_size != cfg.model.img_size:
-        cfg = replace(cfg, model=replace(cfg.model, img_size=img_size))
-    model = build_model(cfg)
-    state = adapt_pos_embeds(obj["model"], model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    bad = [k for k in missing if k.startswith(("patch_embed.", "cls_token", "blocks.", "norm."))] + unexpected
-    if bad:
-        raise CheckpointError(f"{path} does not fit the model of its own config: {bad[:5]}")
-    return model, cfg
-
-
-def load_mae(run_dir):
-    """The full MAE (decoder included) of a run folder, from its checkpoint_last.pt."""
-    ckpt, cfg = load_run_checkpoint(Path(run_dir) / "checkpoint_last.pt")
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg

@@ -106,10 +106,11 @@ SHARED_TERM = "mse"  # every variant's loss has this term; totals of different v
 
 def draw_curves(run_dirs):
     """Against step, for one or more runs: the masked MSE that every variant shares (common axes),
-    each variant's extra loss terms (their own panel, labelled by run and term), mask ratio and lr.
-    Totals are not overlaid: they hold different terms in different variants."""
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.2), dpi=DPI, sharex=True)
-    for run_dir in map(Path, run_dirs):
+    each variant's extra loss terms (their own panel, labelled by run and term), mask ratio, lr, and
+    the k-NN monitor (validation images; mean pool filled, cls hollow). Totals are not overlaid:
+    they hold different terms in different variants."""
+    fig, axes = plt.subplots(1, 5, figsize=(18, 3.2), dpi=DPI, sharex=True)
+    for i, run_dir in enumerate(map(Path, run_dirs)):
         rows = read_jsonl(run_dir / "log_steps.jsonl")
         if not rows:
             continue
@@ -119,18 +120,31 @@ def draw_curves(run_dirs):
             axes[1].plot(steps, [r[term] for r in rows], label=f"{run_dir.name}: {term}", lw=1)
         axes[2].plot(steps, [r["mask_ratio"] for r in rows], label=run_dir.name, lw=1)
         axes[3].plot(steps, [r["lr"] for r in rows], label=run_dir.name, lw=1)
-    titles = ("masked MSE (shared by all variants)", "extra loss terms (unweighted)", "mask ratio", "learning rate")
+        draw_monitor(axes[4], run_dir, f"C{i}")
+    titles = ("masked MSE (shared by all variants)", "extra loss terms (unweighted)", "mask ratio", "learning rate",
+              "k-NN monitor, top-1 % (validation)")
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     if not axes[1].lines:
         axes[1].text(0.5, 0.5, "no extra terms", ha="center", va="center", transform=axes[1].transAxes)
-    for ax in axes[:2]:
+    for ax in (*axes[:2], axes[4]):
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def draw_monitor(ax, run_dir, color) -> None:
+    """A run's k-NN monitor points (monitor.py) on `ax`: mean pool filled, cls token hollow."""
+    from .monitor import monitor_curve
+    curve = monitor_curve(read_jsonl(Path(run_dir) / "log_epochs.jsonl"))
+    if not curve:
+        return
+    steps = [c[0] for c in curve]
+    ax.plot(steps, [c[1] for c in curve], "o-", color=color, ms=4, lw=1, label=f"{Path(run_dir).name}, mean pool")
+    ax.plot(steps, [c[2] for c in curve], "o--", color=color, mfc="none", ms=4, lw=1, label=f"{Path(run_dir).name}, cls")
 
 
 def plot_curves(run_dirs, path) -> Path:
@@ -239,13 +253,17 @@ HEALTH = {"effective_rank": "effective rank (higher: more directions used)",
 
 def draw_feature_health(run_dirs):
     """Per epoch, on the same fixed training images: the effective rank of the mean-pooled features
-    and both uniformity measures, one line per run (pretraining's log_epochs.jsonl)."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
-    for run in run_dirs:
+    and both uniformity measures, one line per run (pretraining's log_epochs.jsonl); beside them the
+    k-NN monitor against the same epochs: does the rank move with what the features classify?"""
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.2))
+    for i, run in enumerate(run_dirs):
         rows = [r for r in read_jsonl(Path(run) / "log_epochs.jsonl") if "effective_rank" in r]
         for ax, key in zip(axes, HEALTH):
             ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], "o-", ms=3, label=Path(run).name)
-    for ax, title in zip(axes, HEALTH.values()):
+        monitor = [r for r in read_jsonl(Path(run) / "log_epochs.jsonl") if "knn_top1_mean" in r]
+        axes[3].plot([r["epoch"] for r in monitor], [r["knn_top1_mean"] for r in monitor], "o-", ms=3, color=f"C{i}",
+                     label=Path(run).name)
+    for ax, title in zip(axes, (*HEALTH.values(), "k-NN monitor, mean pool (validation)")):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

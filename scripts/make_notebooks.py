@@ -5,13 +5,21 @@
                                                       # outputs of the cells tagged nbval-check-output
     python scripts/make_notebooks.py --documented-run fashion_mnist ablation  # and every cell's outputs,
                                                       # pictures included, from a real run (~40 min, CPU)
-    python scripts/make_notebooks.py --repo-url https://github.com/you/fork   # a fork's address, everywhere
+    python scripts/make_notebooks.py --repo-url https://github.com/you/fork   # the repository's address, everywhere
+    python scripts/make_notebooks.py --repo-url       # the address of `git remote get-url origin`
+
+The address lives in one place, pyproject.toml's [project.urls] Repository. While it is the
+placeholder, neither the README nor the notebooks show a Colab link (it would be dead): the install
+cell then asks for the repository uploaded as the folder mae/. The script also writes the README's
+Colab and notebooks blocks and docs/reference.md's presets table (one list of presets: config.PRESETS).
 
 The stored outputs are what the nbval regression test compares (pytest --nbval-lax, on the smoke
 preset): the masking of the model's own code, the protocol settings, the runs found, the variant's
 definition, so a regression in any of them changes a compared output.
 """
 import argparse
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,14 +28,22 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 NB_DIR = ROOT / "notebooks"
 CHECK = "nbval-check-output"
+PLACEHOLDER = "https://github.com/OWNER/REPO"   # pyproject.toml's address until one is set
+
+from maehelpers.config import PRESETS, preset_summary, presets_table  # noqa: E402
+from maehelpers.generated import marks, replace_block  # noqa: E402
 
 INSTALL = '''\
 # Set-up. In Colab this installs maehelpers from the repository (locally: `pip install -e .` once).
 import importlib.util, pathlib, subprocess, sys
-REPO_URL = "{url}"  # written from pyproject.toml by scripts/make_notebooks.py
+REPO_URL = "{url}"  # from pyproject.toml (scripts/make_notebooks.py); empty until the address is set
 if importlib.util.find_spec("maehelpers") is None:
+    if not pathlib.Path("mae").exists() and not REPO_URL:
+        raise SystemExit("This copy has no repository address: upload the repository as the folder mae/ and run "
+                         "this cell again (or set the address: python scripts/make_notebooks.py --repo-url URL).")
     try:
         if not pathlib.Path("mae").exists():  # an uploaded copy of the repository as mae/ is used as is
             subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "mae"], check=True, capture_output=True, text=True)
@@ -39,7 +55,7 @@ if importlib.util.find_spec("maehelpers") is None:
 
 PARAMS = {  # name: the line of the parameters cell; each notebook declares only what it uses
     "dataset": 'dataset = "stl10"      # stl10 | fashion_mnist | cifar10 | folder | synthetic',
-    "preset": 'preset = "paper"       # paper (224 px, as the description) | fast (96 px) | smoke (seconds; tests)',
+    "preset": f'preset = "paper"       # {" | ".join(preset_summary(p) for p in PRESETS)}',
     "data_root": 'data_root = "data"     # datasets live (or are downloaded) here',
     "runs_root": 'runs_root = "runs"     # run folders: runs/<variant>/, runs/compare/',
     "seed": "seed = 0",
@@ -68,15 +84,72 @@ def repo_url() -> str:
 
 
 def set_repo_url(url: str) -> None:
-    """Change the address in pyproject.toml and in the README's Colab links (a fork's one command)."""
-    old = repo_url()
-    for path in (ROOT / "pyproject.toml", ROOT / "README.md"):
-        text = path.read_text()
-        path.write_text(text.replace(old, url.rstrip("/")).replace(github_path(old), github_path(url)))
+    """Change the address in pyproject.toml, the one place it lives; the README's blocks and the
+    notebooks are then written from it."""
+    path = ROOT / "pyproject.toml"
+    path.write_text(path.read_text().replace(f'Repository = "{repo_url()}"', f'Repository = "{url.rstrip("/")}"'))
+
+
+def origin_url() -> str:
+    """`git remote get-url origin` as an https address (git@github.com:you/fork.git -> https://github.com/you/fork)."""
+    url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if not url:
+        raise SystemExit("this clone has no remote 'origin': give the address, --repo-url https://github.com/you/repo")
+    if url.startswith("git@"):
+        url = "https://" + url[4:].replace(":", "/", 1)
+    return url.removesuffix(".git")
+
+
+def address() -> str:
+    """The repository's address, or "" while it is the placeholder (no link is better than a dead one)."""
+    url = repo_url()
+    return "" if url == PLACEHOLDER else url
 
 
 def github_path(url: str) -> str:
     return url.rstrip("/").removeprefix("https://github.com/")
+
+
+SUMMARIES = {  # the README's notebooks table
+    "00_data": "find or download the data; class balance, a sample, what the augmentation and the masking do",
+    "01_pretrain_original": "one image through the MAE step by step; pretrain the paper's MAE; its curves and k-NN monitor",
+    "02_pretrain_improved": "the same notebook with `variant = \"improved\"`, and what the variant changes",
+    "03_linear_probe": "linear probe and k-NN for every run, a random encoder and raw pixels; nearest neighbours",
+    "04_finetune": "fine-tune every encoder and a random one (scratch); pretrained against scratch",
+    "05_visualize": "reconstructions under identical masks, three labelled views; metrics, curves, the inspector; the study's verdict",
+    "06_try_your_idea": "a loss term of your own, a small study against `original` paired by seed, its interval",
+}
+COLAB_MARKS = marks("colab", "python scripts/make_notebooks.py")
+NOTEBOOKS_MARKS = marks("notebooks", "python scripts/make_notebooks.py")
+PRESETS_MARKS = marks("presets", "python scripts/make_notebooks.py")
+
+
+def colab_text(url: str) -> str:
+    """How to open the notebooks in Colab: with badges once the address is set, else how to set it."""
+    if not url:
+        return ("**Colab:** the notebooks open in Colab once the repository's address is set: `python "
+                "scripts/make_notebooks.py --repo-url` (the address of `git remote get-url origin`, or give one). "
+                "Until then, upload the repository as the folder `mae/` beside a notebook; its first cell installs it.")
+    return (f"**Colab:** open a notebook with its badge below. Its first cell installs `maehelpers` from {url} (or "
+            "from an uploaded copy of the repository as `mae/`); runs and data live on Google Drive, so a "
+            "disconnected session resumes.")
+
+
+def notebooks_table(url: str) -> str:
+    badge = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    rows = ["| notebook | what it does |", "|---|---|"]
+    for name, what in SUMMARIES.items():
+        link = f" {badge}(https://colab.research.google.com/github/{github_path(url)}/blob/main/notebooks/{name}.ipynb)" \
+            if url else ""
+        rows.append(f"| [`{name}`](notebooks/{name}.ipynb){link} | {what} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_docs(readme=ROOT / "README.md", reference=ROOT / "docs" / "reference.md") -> None:
+    """The README's Colab and notebooks blocks, from the address; docs/reference.md's presets table."""
+    replace_block(readme, colab_text(address()), COLAB_MARKS)
+    replace_block(readme, notebooks_table(address()), NOTEBOOKS_MARKS)
+    replace_block(reference, presets_table(), PRESETS_MARKS)
 
 
 def parameters(names, extra=""):
@@ -210,7 +283,7 @@ NOTEBOOKS = {
         "The same model and budget with three additions: a curriculum on the mask ratio (0.5 -> 0.75 over "
         "the first half), a masked Laplacian high-frequency loss (weight 0.05), and a uniformity "
         "regulariser on the encoder's features (weight 0.01). Whether they help is measured in 03-05 "
-        "and in the seeded study, `python -m maehelpers study` (see the README's results). The literature gives reasons to doubt two "
+        "and in the seeded study, `python -m maehelpers study` (its results: `docs/study.md`). The literature gives reasons to doubt two "
         "of them: no study reports a gain from raising the mask ratio during training (decreasing schedules "
         "helped masked language models), and PixMIM gained by REMOVING high frequencies from the target; "
         "U-MAE did report gains from uniformity."),
@@ -243,6 +316,12 @@ NOTEBOOKS = {
         code("nb.show_neighbours(paths);"),
         md("At short budgets MAE features are weak under linear probes (the paper's ViT-B at 100 epochs: "
            "46 %), so compare against the random-encoder and raw-pixel rows, and see 04 for fine-tuning."),
+        md("## Where MAE starts to work\nThe study's 16,000-step stage (Fashion-MNIST, preset `ablation`, 32 times "
+           "this notebook's budget; registered before its first run): each arm's k-NN monitor over its pretraining "
+           "(validation images), raw pixels as lines, and the study's records as points, from 500 to 16,000 steps "
+           "(each its own run). It asks where MAE passes raw pixels and training from scratch, and whether the "
+           "gains seen at 500 steps survive there; `docs/study.md` gives the registered answers."),
+        code("nb.show_long_stage();"),
     ],
     "04_finetune.ipynb": head(
         "04 · Fine-tune",
@@ -282,8 +361,16 @@ NOTEBOOKS = {
            "catches up with the pretrained one and passes it on the curve's seed. With 500 pretraining steps "
            "on 28-px images, pretraining buys a much better frozen feature (the probes of 03) but not a better "
            "starting point for fine-tuning; the paper's gains come after hundreds of pretraining epochs at 224 "
-           "px. The study's `ft` stage repeats the comparison with three seeds: it detects no difference between "
-           "pretrained and scratch fine-tuning at this budget (the README's fine-tuning table has the interval)."),
+           "px. The study's `ft` stage repeats the comparison with three seeds (exploratory: the budget was chosen "
+           "on one of them): no advantage of pretraining detected; one above 1.8 points is ruled out "
+           "(`docs/study.md`). Its 16,000-step stage fine-tunes each arm and scratch again, after 32 times "
+           "more pretraining:"),
+        md("## Fine-tuning after longer pretraining\nThe study's 16,000-step stage (Fashion-MNIST, preset `ablation`, 32 times "
+           "this notebook's budget; registered before its first run): each arm's k-NN monitor over its pretraining "
+           "(validation images), raw pixels as lines, and the study's records as points, from 500 to 16,000 steps "
+           "(each its own run). It asks where MAE passes raw pixels and training from scratch, and whether the "
+           "gains seen at 500 steps survive there; `docs/study.md` gives the registered answers."),
+        code("nb.show_long_stage();"),
         md("Results are in each run's `results.json` (`ft_top1`, with the recipe and the curve under `ft`)."),
     ],
     "05_visualize.ipynb": head(
@@ -337,7 +424,8 @@ NOTEBOOKS = {
            "pretraining epoch the same training images are encoded and three numbers logged: the **effective "
            "rank** of the mean-pooled features (the exponential of the entropy of their normalised singular "
            "values: the number of directions in use) and the two **uniformity** measures that the study's terms "
-           "optimise. A uniformity term that helps should raise the rank; if it does not, this plot says so."),
+           "optimise. A uniformity term that helps should raise the rank; if it does not, this plot says so. "
+           "Beside them, the k-NN monitor of the same runs: what the features classify, epoch by epoch."),
         code("nb.show_feature_health(paths);"),
         md("## Is my difference bigger than noise?\nYou trained `original` and `improved` once each and see a "
            "difference on the headline. Each dot below is one seed's difference in the study's committed records "
@@ -350,6 +438,11 @@ NOTEBOOKS = {
            "the arm that ranked first, and where the preregistered held-out confirmation stands. Validation "
            "numbers are exploratory (arms were chosen on them); the held-out ones say nothing until all runs are in."),
         code("nb.show_verdict();"),
+        md("## Where MAE starts to work\nThe same study at 16,000 steps (registered before its first run): each arm's "
+           "k-NN monitor over its pretraining, raw pixels as lines, and the records from 500 to 16,000 steps. "
+           "`docs/study.md` gives its registered verdict, and a picture of the same images and masks reconstructed "
+           "after 500 and after 16,000 steps."),
+        code("nb.show_long_stage();"),
         md("## What was written\n`runs/compare/`: `recon_grid.png`, `curves.png` (the masked MSE that all variants "
            "share on common axes, extra terms in their own panel), `results.png`, `compare.md`, `compare.json`; "
            "every run's `results.json` now also holds the reconstruction metrics under `recon`, keyed to its encoder."),
@@ -423,7 +516,7 @@ def build(documented: dict | None = None) -> dict:
         nb.metadata["maehelpers"] = {"documented_run": documented}  # what the stored outputs come from
         for i, cell in enumerate(nb.cells):  # stable ids: diffs stay small when the text changes
             cell.id = f"{Path(name).stem[:2]}-{i:02d}"
-            cell.source = cell.source.replace(URL_MARK, repo_url()).replace(DOC_MARK, documented_note(documented))
+            cell.source = cell.source.replace(URL_MARK, address()).replace(DOC_MARK, documented_note(documented))
         out[name] = nb
     return out
 
@@ -489,6 +582,10 @@ def store_outputs(notebooks: dict, documented: dict | None = None) -> None:
             real = execute(notebooks, {**documented, "data_root": "data", "runs_root": "runs", "live_widgets": False},
                            doc, cwd=doc)
             show_paths_as(real, str(doc), PROJECT_SHOWN)
+            grid = doc / "runs" / "compare" / "recon_grid.png"   # the front page's picture comes from this run
+            if grid.exists():
+                (ROOT / "docs" / "figures").mkdir(parents=True, exist_ok=True)
+                shutil.copy(grid, ROOT / "docs" / "figures" / "recon_grid.png")
         for name, nb in notebooks.items():
             for count, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
                 checked = CHECK in cell.metadata.get("tags", [])
@@ -522,11 +619,13 @@ def main(argv=None):
     parser.add_argument("--store-outputs", action="store_true", help="keep the outputs of the checked cells (smoke)")
     parser.add_argument("--documented-run", nargs=2, metavar=("DATASET", "PRESET"),
                         help="also keep every cell's outputs from a real run, e.g. fashion_mnist ablation")
-    parser.add_argument("--repo-url", help="set the repository's address (pyproject.toml, README, notebooks), "
-                                           "e.g. https://github.com/you/your-fork")
+    parser.add_argument("--repo-url", nargs="?", const="origin",
+                        help="set the repository's address (pyproject.toml, then README and notebooks), e.g. "
+                             "https://github.com/you/your-fork; without a value, the address of git's remote 'origin'")
     args = parser.parse_args(argv)
     if args.repo_url:
-        set_repo_url(args.repo_url)
+        set_repo_url(origin_url() if args.repo_url == "origin" else args.repo_url)
+    write_docs()
     rerun = args.store_outputs or args.documented_run
     documented = dict(zip(("dataset", "preset"), args.documented_run)) if args.documented_run else None
     notebooks = build(documented if rerun else committed_run())

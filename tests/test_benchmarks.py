@@ -79,12 +79,22 @@ def test_ft_curve_chooses_the_smallest_budget_that_passes_both_probes():
     assert ft_curve.scratch_gap(lines) == " Pretrained minus scratch at the same budget: -0.50 at 20 epochs (one seed each)."
 
 
-def test_readme_quotes_the_committed_fine_tuning_curve():
+def test_docs_quote_the_committed_fine_tuning_curve():
     import ft_curve
+    from maehelpers.generated import block
     curve = json.loads((ROOT / "benchmarks" / "results" / "ft_curve.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    assert curve["verdict"] in readme and ft_curve.README_MARKS[0] in readme
+    assert curve["verdict"] in block(ROOT / "docs" / "study.md", ft_curve.DOC_MARKS)
     assert curve["chosen"] == ft_curve.passing_budget(curve["lines"])
+
+
+def test_performance_docs_quote_the_committed_speed_and_monitor_cost():
+    import monitor_cost
+    import speed
+    from maehelpers.generated import block
+    doc = ROOT / "docs" / "performance.md"
+    results = ROOT / "benchmarks" / "results"
+    assert block(doc, speed.DOC_MARKS) == speed.table(json.loads((results / "speed.json").read_text())).strip()
+    assert block(doc, monitor_cost.DOC_MARKS) == monitor_cost.summary(json.loads((results / "monitor_cost.json").read_text()))
 
 
 def test_monitor_cost_reports_its_share_of_the_run():

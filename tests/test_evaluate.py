@@ -10,13 +10,16 @@ import torch
 
 from maehelpers.config import make_config
 from maehelpers.data import IMAGENET_STD, ImageSet, denormalize, load_dataset, normalize, prepare
-import maehelpers.evaluate as ev
-from maehelpers.evaluate import (cached_features, compare_runs, evaluate_run, finetune, knn_top1, linear_probe,
-                                 make_scratch_run, param_groups_lrd, recon_run)
+import maehelpers.finetune as F
+from maehelpers.evaluate import compare_runs, evaluate_run, make_scratch_run, recon_run
+from maehelpers.finetune import finetune
+from maehelpers.optim import param_groups_lrd
+from maehelpers.probes import cached_features, file_key, knn_top1, linear_probe
 from maehelpers.metrics import PSNR_CAP, masked_hf_error, masked_psnr, reconstruct, reconstruction_metrics, to_display
 from maehelpers.model import MAE, ViTClassifier
-import maehelpers.pretrain as P
-from maehelpers.pretrain import load_encoder, load_mae, pretrain
+from maehelpers.train_log import HEALTH_IMAGES, feature_health_of
+from maehelpers.checkpoints import build_model, load_encoder, load_mae
+from maehelpers.pretrain import pretrain
 from maehelpers.runs import epoch_rows, load_torch, read_jsonl, read_results
 from maehelpers.viz import draw_curves, draw_recon_grid, draw_results, plot_curves, plot_results, recon_grid
 from maehelpers.widgets import Inspector, draw_inspector
@@ -116,7 +119,10 @@ def test_grid_uses_identical_masks_and_fixed_size(two_runs, tmp_path):
     models["original"].norm_pix_loss = False      # a pixel-target model: its output is the reconstruction
     assert len(draw_recon_grid(models, images, 32)[0].axes) == 3 * (2 + 1 + 3)
     curves = plot_curves([two_runs / "original", two_runs / "improved"], tmp_path / "curves.png")
-    assert Image.open(curves).size == (1500, 320)
+    assert Image.open(curves).size == (1800, 320)
+    from maehelpers.viz import draw_curves
+    monitor = draw_curves([two_runs / "original"]).axes[4]     # the k-NN monitor: mean pool and cls, 8 points each
+    assert [len(line.get_xdata()) for line in monitor.lines] == [8, 8]
     bars = plot_results([{"variant": "a", "lp_top1": 50.0}, {"variant": "b", "lp_top1": 60.0}], tmp_path / "bars.png")
     assert Image.open(bars).size[1] == 350
 
@@ -343,8 +349,8 @@ def test_zero_decoder_scores_exactly_the_floor():
 
 def test_scratch_fine_tunes_without_layer_decay(tmp_path, monkeypatch):
     seen = []
-    real = ev.param_groups_lrd
-    monkeypatch.setattr(ev, "param_groups_lrd", lambda m, wd, decay: seen.append(decay) or real(m, wd, decay))
+    real = F.param_groups_lrd
+    monkeypatch.setattr(F, "param_groups_lrd", lambda m, wd, decay: seen.append(decay) or real(m, wd, decay))
     cfg = make_config("original", "smoke", "synthetic")
     pretrain(cfg, tmp_path / "original", progress=False)
     scratch = make_scratch_run(cfg, tmp_path / "scratch")
@@ -368,7 +374,7 @@ def test_retrained_run_is_evaluated_again_not_shown_stale(tmp_path):
     out = _cli("evaluate", *common, "--steps", "lp,knn", cwd=tmp_path)
     second = read_results(run)
     assert "original: lp reused" not in out
-    assert second["lp"]["key"]["encoder"] == ev.file_key(run / "encoder_pretrained.pt") != first["lp"]["key"]["encoder"]
+    assert second["lp"]["key"]["encoder"] == file_key(run / "encoder_pretrained.pt") != first["lp"]["key"]["encoder"]
     assert second["knn_top1_cls"] != first["knn_top1_cls"] or second["lp_top1_cls"] != first["lp_top1_cls"]
     again = _cli("evaluate", *common, "--steps", "lp,knn", cwd=tmp_path)
     assert "original: lp reused" in again and "original: knn reused" in again
@@ -413,7 +419,7 @@ def test_compare_table_shows_spread_over_seeds_and_blanks(tmp_path):
         pretrain(cfg, tmp_path / f"original_s{seed}", progress=False)
         evaluate_run(tmp_path / f"original_s{seed}", steps=("knn",), progress=False)
         runs.append(tmp_path / f"original_s{seed}")
-    rows = ev.compare_runs(runs, tmp_path / "compare")
+    rows = compare_runs(runs, tmp_path / "compare")
     vals = [read_results(r)["knn_top1"] for r in runs]
     assert rows[0]["seeds"] == [0, 1] and rows[0]["knn_top1"] == pytest.approx(sum(vals) / 2)
     table = (tmp_path / "compare" / "compare.md").read_text()
@@ -429,7 +435,7 @@ def test_probe_features_come_from_the_checkpoint_weights(tmp_path):
     x = prepare(data.images, 32)
     with torch.no_grad():
         assert torch.allclose(feats["cls"], trained.eval().forward_features(x, "cls"), atol=1e-5)
-        fresh = P.build_model(cfg).eval()
+        fresh = build_model(cfg).eval()
         assert not torch.allclose(feats["cls"], fresh.forward_features(x, "cls"), atol=1e-3)
 
 
@@ -463,8 +469,8 @@ def test_pretraining_logs_feature_health_per_epoch(two_runs):
     rows = epoch_rows(two_runs / "original")
     assert len(rows) == 2 and all(1 <= r["effective_rank"] <= 32 for r in rows)
     model = load_mae(two_runs / "original")[0]
-    images = load_dataset("synthetic", "pretrain", max_images=128).images[:P.HEALTH_IMAGES]
-    assert P.feature_health_of(model, images, 32)["effective_rank"] == pytest.approx(rows[-1]["effective_rank"], abs=1e-4)
+    images = load_dataset("synthetic", "pretrain", max_images=128).images[:HEALTH_IMAGES]
+    assert feature_health_of(model, images, 32)["effective_rank"] == pytest.approx(rows[-1]["effective_rank"], abs=1e-4)
 
 
 def test_the_honest_view_borrows_nothing_from_the_removed_patches():

@@ -8,7 +8,8 @@ import torch
 
 from maehelpers import export as X
 from maehelpers.config import make_config
-from maehelpers.pretrain import load_encoder, load_mae, pretrain
+from maehelpers.checkpoints import load_encoder, load_mae
+from maehelpers.pretrain import pretrain
 from maehelpers.runs import merge_results
 
 

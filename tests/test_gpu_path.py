@@ -2,6 +2,7 @@
 What only a GPU can show is in benchmarks/gpu_check.py, which states the outcome it expects."""
 import json
 import math
+from pathlib import Path
 import sys
 import textwrap
 
@@ -10,9 +11,15 @@ import torch
 import torch.nn.functional as F
 
 import maehelpers.evaluate as ev
+import maehelpers.finetune as ft
 import maehelpers.pretrain as P
+import maehelpers.probes as probes
+from maehelpers.checkpoints import build_model
+from maehelpers.devices import pick_device
+from maehelpers.distributed import World
+from maehelpers.train_log import NonFiniteLossError, StepLog
 from maehelpers.config import make_config
-from maehelpers.data import ImageSet, augment, load_dataset
+from maehelpers.data import ImageSet, augment, load_dataset, prepare
 from maehelpers.losses import uniformity_wang_isola
 from maehelpers.runs import CheckpointError, load_torch
 
@@ -63,12 +70,12 @@ def test_accumulated_micro_batch_gradients_add_up_to_the_whole_batch_gradient():
     grads = {}
     for accum in (1, 4):
         torch.manual_seed(0)
-        model = P.build_model(cfg)
+        model = build_model(cfg)
         micro = 16 // accum
         inputs = lambda k: (imgs[k * micro:(k + 1) * micro], noise[k * micro:(k + 1) * micro], 0.75)  # noqa: E731
         log = type("Log", (), {"every": 0})()
         P._train_step(P._Objective(model, cfg.variant), torch.optim.SGD(model.parameters(), lr=0.0),
-                      torch.amp.GradScaler("cuda", enabled=False), inputs, accum, 0.0, None, log, 0, P.World())
+                      torch.amp.GradScaler("cuda", enabled=False), inputs, accum, 0.0, None, log, 0, World())
         grads[accum] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert torch.allclose(grads[1], grads[4], atol=1e-6)
 
@@ -94,7 +101,7 @@ def test_fp16_and_bf16_checkpoints_resume_across_and_record_it_but_fp32_does_not
     run = {"n_images": ckpt["n_images"], "steps_per_epoch": ckpt["steps_per_epoch"], "precision": "bf16",
            "device": "cuda"}
     P._check_resumable(ckpt, cfg, tmp_path / "c.pt", run)                       # T4 -> A100: allowed
-    model, scaler = P.build_model(cfg), torch.amp.GradScaler("cuda", enabled=False)
+    model, scaler = build_model(cfg), torch.amp.GradScaler("cuda", enabled=False)
     state = P._restore(ckpt, model, P._optimizer(model, cfg.train, torch.device("cpu")), scaler,
                        torch.device("cpu"), "bf16")
     assert state.precision_changes == ({"step": 8, "from": "fp16", "to": "bf16"},)
@@ -105,7 +112,7 @@ def test_fp16_and_bf16_checkpoints_resume_across_and_record_it_but_fp32_does_not
 def _log(tmp_path, every=1):
     state = P._State()
     bar = type("Bar", (), {"update": lambda *a: None, "set_postfix": lambda *a, **k: None, "close": lambda *a: None})()
-    return P._StepLog(tmp_path, state, every, bar, tmp_path / "checkpoint_last.pt", True, P.World(), {"hit": False})
+    return StepLog(tmp_path, state, every, bar, tmp_path / "checkpoint_last.pt", True, World(), {"hit": False})
 
 
 def test_a_collapsing_fp16_loss_scale_stops_the_run_and_skipped_steps_are_counted(tmp_path):
@@ -115,7 +122,7 @@ def test_a_collapsing_fp16_loss_scale_stops_the_run_and_skipped_steps_are_counte
         log.add(row(step), one, {"mse": one}, torch.tensor(scale))
     assert log.state.skipped == 2
     assert json.loads((tmp_path / "log_steps.jsonl").read_text().splitlines()[-1])["loss_scale"] == 16384.0
-    with pytest.raises(P.NonFiniteLossError, match="loss scale fell to 0.5 at step 6.*train.amp false"):
+    with pytest.raises(NonFiniteLossError, match="loss scale fell to 0.5 at step 6.*train.amp false"):
         log.add(row(6), one, {"mse": one}, torch.tensor(0.5))
     log.close()
 
@@ -126,7 +133,7 @@ def test_an_epoch_of_mostly_skipped_steps_stops_the_run(tmp_path):
     for step in range(1, 5):                      # 3 of 4 steps skipped, the loss still looks fine
         log.add({"step": step, "lr": 1e-3, "mask_ratio": 0.75}, one, {"mse": one}, torch.tensor(scale))
         scale /= 2
-    with pytest.raises(P.NonFiniteLossError, match="skipped 3 of the 4 steps of epoch 1"):
+    with pytest.raises(NonFiniteLossError, match="skipped 3 of the 4 steps of epoch 1"):
         log.end_epoch(4, 1, 1.0)
     log.close()
 
@@ -134,8 +141,10 @@ def test_an_epoch_of_mostly_skipped_steps_stops_the_run(tmp_path):
 def test_evaluation_follows_train_amp(tmp_path, monkeypatch):
     P.pretrain(make_config("original", "smoke", "synthetic", 0, {"train.amp": False}), tmp_path / "run", progress=False)
     asked = []
-    real = ev.amp_dtype
-    monkeypatch.setattr(ev, "amp_dtype", lambda device, enabled=True, *a: asked.append(enabled) or real(device, enabled))
+    real = probes.amp_dtype
+    spy = lambda device, enabled=True, *a: asked.append(enabled) or real(device, enabled)  # noqa: E731
+    monkeypatch.setattr(probes, "amp_dtype", spy)
+    monkeypatch.setattr(ft, "amp_dtype", spy)
     ev.evaluate_run(tmp_path / "run", steps=("lp", "knn", "ft"), progress=False,
                     overrides={"eval.ft_epochs": 1, "eval.lp_epochs": 1})
     assert asked and not any(asked)               # features and fine-tuning: fp32, as the run asked
@@ -144,26 +153,26 @@ def test_evaluation_follows_train_amp(tmp_path, monkeypatch):
 def test_tf32_on_cuda_only(monkeypatch):
     asked = []
     monkeypatch.setattr(torch, "set_float32_matmul_precision", asked.append)
-    P.pick_device("cpu")
+    pick_device("cpu")
     assert asked == []
-    assert P.pick_device("cuda").type == "cuda" and asked == ["high"]
+    assert pick_device("cuda").type == "cuda" and asked == ["high"]
 
 
 # ----------------------------------------------------------------------------- devices pinned
 def test_cpu_benchmarks_stay_on_the_cpu_where_a_gpu_exists(monkeypatch, tmp_path):
-    sys.path.insert(0, str(P.Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import speed
-    real = P.pick_device
+    real = pick_device
 
     def pinned(device=None):                      # "auto" would pick CUDA on such a machine
         assert device not in (None, "", "auto"), "a CPU measurement left its device to the automatic choice"
         return real(device)
-    monkeypatch.setattr(P, "pick_device", pinned)
-    monkeypatch.setattr(ev, "pick_device", pinned)
+    for module in (P, ev, probes):
+        monkeypatch.setattr(module, "pick_device", pinned)
     assert speed.bench_probe(16, 32, 1, measured_reencode_epochs=1, device=torch.device("cpu"))["device"] == "cpu"
     cfg = make_config("original", "smoke", "synthetic", 0, {"eval.lp_epochs": 1})
     data = (load_dataset("synthetic", "train", max_images=40), load_dataset("synthetic", "test", max_images=40))
-    assert ev.raw_pixel_baseline(cfg, *data, device="cpu")["lp_top1"] >= 0
+    assert probes.raw_pixel_baseline(cfg, *data, device="cpu")["lp_top1"] >= 0
 
 
 # ----------------------------------------------------------------------------- the raw-pixel baseline, streamed
@@ -172,13 +181,13 @@ def test_streamed_raw_pixels_give_the_whole_matrix_numbers():
     make = lambda n: ImageSet(torch.randint(0, 256, (n, 1, 12, 12), generator=g, dtype=torch.uint8),  # noqa: E731
                               torch.arange(n) % 3, [], "t")
     train, test = make(60), make(50)
-    whole_tr, whole_te = (ev.prepare(d.images, 16).flatten(1) for d in (train, test))
-    lazy_tr, lazy_te = (ev.PixelFeatures(d.images, 16, "cpu") for d in (train, test))
+    whole_tr, whole_te = (prepare(d.images, 16).flatten(1) for d in (train, test))
+    lazy_tr, lazy_te = (probes.PixelFeatures(d.images, 16, "cpu") for d in (train, test))
     assert torch.equal(lazy_tr[torch.tensor([3, 7])], whole_tr[[3, 7]]) and lazy_tr.shape == whole_tr.shape
-    assert torch.equal(ev.knn_predict(whole_tr, train.labels, whole_te, k=5),
-                       ev.knn_predict(lazy_tr, train.labels, lazy_te, k=5, chunk=16, train_chunk=7))  # merged chunks
-    a = ev.linear_probe(whole_tr, train.labels, whole_te, test.labels, epochs=3, batch_size=16, progress=False)
-    b = ev.linear_probe(lazy_tr, train.labels, lazy_te, test.labels, epochs=3, batch_size=16, progress=False)
+    assert torch.equal(probes.knn_predict(whole_tr, train.labels, whole_te, k=5),
+                       probes.knn_predict(lazy_tr, train.labels, lazy_te, k=5, chunk=16, train_chunk=7))  # merged chunks
+    a = probes.linear_probe(whole_tr, train.labels, whole_te, test.labels, epochs=3, batch_size=16, progress=False)
+    b = probes.linear_probe(lazy_tr, train.labels, lazy_te, test.labels, epochs=3, batch_size=16, progress=False)
     assert a["top1"] == b["top1"] and a["curve"] == b["curve"]
 
 
@@ -271,7 +280,7 @@ def test_fine_tuning_copies_labels_to_the_device_once_not_per_step(monkeypatch):
     cfg = make_config("original", "smoke", "synthetic", 0, {"eval.ft_epochs": 3})
     train = load_dataset("synthetic", "train", max_images=128)
     monkeypatch.setattr(torch.Tensor, "to", spy)
-    res, _ = ev.finetune(cfg, train, load_dataset("synthetic", "test", max_images=16), None, progress=False)
+    res, _ = ft.finetune(cfg, train, load_dataset("synthetic", "test", max_images=16), None, progress=False)
     monkeypatch.setattr(torch.Tensor, "to", real)
     assert res["steps"] == 6 and moved == [128]   # all labels once; no batch of them per step
 
@@ -280,13 +289,13 @@ def test_feature_cache_is_keyed_by_precision_and_the_study_recomputes_in_the_run
     run = tmp_path / "run"
     P.pretrain(make_config("original", "smoke", "synthetic", 0, {"train.amp": False}), run, progress=False)
     data = load_dataset("synthetic", "test", max_images=32)
-    monkeypatch.setattr(ev, "amp_dtype", lambda device, enabled=True, *a: torch.bfloat16 if enabled else None)
-    ev.cached_features(run, data, "test", amp=False, progress=False)
-    ev.cached_features(run, data, "test", amp=True, progress=False)      # bf16 features are not fp32 ones
+    monkeypatch.setattr(probes, "amp_dtype", lambda device, enabled=True, *a: torch.bfloat16 if enabled else None)
+    probes.cached_features(run, data, "test", amp=False, progress=False)
+    probes.cached_features(run, data, "test", amp=True, progress=False)      # bf16 features are not fp32 ones
     names = sorted(p.name.rsplit("_", 1)[1] for p in (run / "features").glob("test_*.pt"))
     assert names == ["bf16.pt", "fp32.pt"]
 
-    import maehelpers.study as S
+    import maehelpers.study.run as S
     seen = {}
     monkeypatch.setattr(S, "cached_features", lambda *a, **k: seen.setdefault("amp", k.get("amp")) or
                         {p: torch.randn(32, 8) for p in ("cls", "mean")})
@@ -311,10 +320,10 @@ def test_the_random_schedules_draw_does_not_depend_on_the_batch_or_the_device():
 
 
 def test_notebook_raw_pixels_run_on_the_notebooks_device(monkeypatch, tmp_path):
-    import maehelpers.evaluate
+    import maehelpers.probes
     import maehelpers.notebook as N
     asked = []
-    monkeypatch.setattr(maehelpers.evaluate, "raw_pixel_baseline",
+    monkeypatch.setattr(maehelpers.probes, "raw_pixel_baseline",
                         lambda cfg, tr, te, seed=0, device=None: asked.append(device) or {"lp_top1": 1.0, "knn_top1": 1.0})
     cfg = make_config("original", "smoke", "synthetic")
     data = (load_dataset("synthetic", "train", max_images=8), load_dataset("synthetic", "test", max_images=8))

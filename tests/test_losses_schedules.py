@@ -9,7 +9,7 @@ from maehelpers.losses import (laplacian_loss, masked_mse, patch_laplacian, pret
                                uniformity_wang_isola)
 from maehelpers.masking import mask_ratio_at
 from maehelpers.model import MAE
-from maehelpers.pretrain import lr_at, param_groups
+from maehelpers.optim import lr_at, param_groups
 
 
 def test_masked_mse_ignores_visible_patches():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from maehelpers.data import denormalize, load_dataset, prepare
-import maehelpers.evaluate as ev
+import maehelpers.probes as probes
 from maehelpers.metrics import PSNR_CAP, masked_psnr, to_display
 from maehelpers.model import MAE, adapt_pos_embeds, encoder_state_dict, interpolate_pos_embed, sincos_2d
 
@@ -148,8 +148,8 @@ def test_mean_pool_excludes_the_cls_token():
     model = MAE(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
                 decoder_depth=1, decoder_num_heads=2).eval()
     imgs = torch.randn(2, 3, 32, 32)
-    feats = ev.extract_features(model, (imgs.clamp(-2, 2) * 50 + 128).to(torch.uint8), 32, progress=False)
-    tokens = model.forward_tokens(ev.prepare((imgs.clamp(-2, 2) * 50 + 128).to(torch.uint8), 32, "cpu"))
+    feats = probes.extract_features(model, (imgs.clamp(-2, 2) * 50 + 128).to(torch.uint8), 32, progress=False)
+    tokens = model.forward_tokens(prepare((imgs.clamp(-2, 2) * 50 + 128).to(torch.uint8), 32, "cpu"))
     assert torch.allclose(feats["mean"], tokens[:, 1:].mean(1), atol=1e-6)
     assert torch.allclose(feats["cls"], tokens[:, 0], atol=1e-6)
 
@@ -251,7 +251,7 @@ def test_pos_embed_interpolation_keeps_rows_and_columns_apart():
 
 
 def test_walkthrough_is_the_models_own_forward_pass():
-    from maehelpers.explain import describe, walkthrough
+    from maehelpers.walkthrough import describe, walkthrough
     model = small_mae()
     image = load_dataset("synthetic", "test").images[0]
     steps = walkthrough(model, image, 32, 0.75, seed=0)

@@ -6,9 +6,11 @@ import torch
 
 from maehelpers.config import apply_overrides
 from maehelpers.data import load_dataset
-from maehelpers.evaluate import extract_features, knn_top1, load_eval_data
+from maehelpers.evaluate import load_eval_data
+from maehelpers.probes import extract_features, knn_top1
 from maehelpers.monitor import MONITOR_KEYS, monitor_curve, monitor_steps
-from maehelpers.pretrain import load_mae, pretrain
+from maehelpers.checkpoints import load_mae
+from maehelpers.pretrain import pretrain
 from maehelpers.runs import load_torch, read_jsonl
 
 

@@ -47,7 +47,7 @@ def test_committed_notebook_structure(name):
     assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"]
     url = next(line.split("=", 1)[1].strip().strip('"') for line in (ROOT / "pyproject.toml").read_text().splitlines()
                if line.startswith("Repository"))
-    assert f'REPO_URL = "{url}"' in nb.cells[1].source
+    assert f'REPO_URL = "{"" if url.endswith("OWNER/REPO") else url}"' in nb.cells[1].source
     checked = [c for c in nb.cells if "nbval-check-output" in tags(c)]
     assert checked and all(c.outputs for c in checked)          # something deterministic is compared
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
@@ -123,29 +123,47 @@ def test_papermill_runner_stops_names_the_cell_and_resumes(tmp_path):
 
 
 def test_repo_url_lives_in_pyproject_and_one_command_changes_it(tmp_path):
+    """With the placeholder, no Colab link anywhere (each would be dead) and the install cell asks for an
+    upload; one command sets the address, and the badges and the install cell carry it, the pictures kept."""
     import shutil
+    placeholder = "https://github.com/OWNER/REPO"
+    assert f'Repository = "{placeholder}"' in (ROOT / "pyproject.toml").read_text()   # the state committed here
+    assert "OWNER/REPO" not in (ROOT / "README.md").read_text()
+    assert "colab.research.google.com/github" not in (ROOT / "README.md").read_text()
+    for name in NAMES:
+        assert 'REPO_URL = ""' in load(name).cells[1].source and "OWNER" not in load(name).cells[1].source
     copy = tmp_path / "repo"
     copy.mkdir()
-    for part in ("pyproject.toml", "README.md", "scripts", "notebooks", "maehelpers"):
+    for part in ("pyproject.toml", "README.md", "scripts", "notebooks", "maehelpers", "docs"):
         (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, copy / part)
     out = subprocess.run([sys.executable, "scripts/make_notebooks.py", "--repo-url", "https://github.com/me/fork"],
                          cwd=copy, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert 'Repository = "https://github.com/me/fork"' in (copy / "pyproject.toml").read_text()
     readme = (copy / "README.md").read_text()
-    assert "colab.research.google.com/github/me/fork/blob/main/notebooks/00_data.ipynb" in readme
-    assert "OWNER/REPO" not in readme
     for name in NAMES:
+        assert f"colab.research.google.com/github/me/fork/blob/main/notebooks/{name}.ipynb" in readme
         cells = nbformat.read(copy / "notebooks" / f"{name}.ipynb", as_version=4).cells
         assert 'REPO_URL = "https://github.com/me/fork"' in cells[1].source
         assert pictures(cells) == pictures(load(name).cells) > 0, "the committed pictures must survive"
+    assert "from https://github.com/me/fork" in readme and "OWNER/REPO" not in readme
+    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
+    subprocess.run(["git", "remote", "add", "origin", "git@github.com:them/theirs.git"], cwd=copy, check=True)
+    out = subprocess.run([sys.executable, "scripts/make_notebooks.py", "--repo-url"], cwd=copy, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert 'Repository = "https://github.com/them/theirs"' in (copy / "pyproject.toml").read_text()
 
 
-def test_install_cell_says_what_to_do_when_it_fails(tmp_path):
-    """Run the install cell where maehelpers is missing and the address cannot be cloned."""
-    source = load(NAMES[0]).cells[1].source.replace("https://github.com/OWNER/REPO", str(tmp_path / "nowhere"))
+def test_install_cell_says_what_to_do_without_an_address_and_when_cloning_fails(tmp_path):
+    """Run the install cell where maehelpers is missing: without an address it asks for the upload;
+    with one that cannot be cloned it says what failed, and the upload still works as a way out."""
+    source = load(NAMES[0]).cells[1].source.replace('importlib.util.find_spec("maehelpers") is None', "True")
     script = tmp_path / "cell.py"
-    script.write_text(source.replace('importlib.util.find_spec("maehelpers") is None', "True"))
+    script.write_text(source)
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "has no repository address" in out.stderr and "mae/" in out.stderr
+    script.write_text(source.replace('REPO_URL = ""', f'REPO_URL = "{tmp_path / "nowhere"}"'))
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "Installing maehelpers failed" in out.stderr and "upload a copy of the repository" in out.stderr
@@ -176,7 +194,7 @@ def test_colab_paths_go_to_drive_and_elsewhere_stay_local(tmp_path, monkeypatch,
 
 def test_runner_passes_each_notebook_only_its_parameters(tmp_path, monkeypatch):
     import papermill as pm
-    from maehelpers import runner
+    from maehelpers import series as runner
     seen = {}
     monkeypatch.setattr(pm, "execute_notebook", lambda src, out, parameters, **kw: seen.__setitem__(Path(src).stem, parameters))
     runner.run_series({"dataset": "synthetic", "preset": "smoke", "seed": 3, "runs_root": str(tmp_path),
@@ -187,7 +205,7 @@ def test_runner_passes_each_notebook_only_its_parameters(tmp_path, monkeypatch):
 
 
 def test_durations_quoted_to_users_are_the_committed_measurements():
-    from maehelpers import durations as d
+    from maehelpers import series as d
     m = d.measured()
     assert m, "maehelpers/measured_durations.json is missing: python benchmarks/series_time.py"
     for preset, command in d.SERIES_COMMAND.items():   # the command quoted is the command timed
@@ -196,13 +214,14 @@ def test_durations_quoted_to_users_are_the_committed_measurements():
     assert d.span(m["series"]["ablation"]["total_s"]) in d.cpu_duration("ablation")
 
 
-def test_readme_quotes_the_measured_durations():
-    from maehelpers import durations
-    assert durations.quick_start_table() in (ROOT / "README.md").read_text()
+def test_performance_docs_quote_the_measured_durations():
+    from maehelpers import series
+    from maehelpers.generated import block
+    assert block(ROOT / "docs" / "performance.md", series.DURATIONS_MARKS) == series.durations_table().strip()
 
 
 def test_cpu_duration_reads_the_measurement_file(monkeypatch):
-    from maehelpers import durations as d
+    from maehelpers import series as d
     fake = {"date": "2000-01-01 00:00 UTC", "machine": {"cores": 2}, "series": {"ablation": {"total_s": 3000}},
             "projected_cpu": {"paper": {"total_s": 36000}}}
     monkeypatch.setattr(d, "measured", lambda: fake)
@@ -221,32 +240,32 @@ def _run_args(**kw):
                                                     (False, "smoke", "smoke")])
 def test_run_chooses_the_preset_for_the_machine_and_says_what_runs(monkeypatch, capsys, tmp_path, cuda, preset,
                                                                    expected):
-    from maehelpers import cli, durations, runner
+    from maehelpers import cli, series
     seen = {}
-    monkeypatch.setattr(runner, "run_series", lambda params, only, root: seen.update(params) or tmp_path)
+    monkeypatch.setattr(series, "run_series", lambda params, only, root: seen.update(params) or tmp_path)
     cli.run_command(_run_args(preset=preset, data_root=str(tmp_path)), cuda=cuda)
     out = capsys.readouterr().out
     assert seen["preset"] == expected
     assert f"preset '{expected}'" in out.splitlines()[0] and "Ctrl-C" in out and "resumes" in out
     if expected == "ablation":   # chosen for a CPU: it says so, how long, and how to ask for the paper's setting
-        assert durations.cpu_duration("ablation") in out and "--preset paper" in out
-        assert durations.cpu_duration("paper") in out
+        assert series.cpu_duration("ablation") in out and "--preset paper" in out
+        assert series.cpu_duration("paper") in out
     else:
         assert "was chosen" not in out
 
 
 def test_runner_offline_stl10_stops_at_once_and_offers_the_cpu_sized_series_first(tmp_path, monkeypatch):
-    from maehelpers import durations, runner
+    from maehelpers import series
     from maehelpers.data import DataError
-    monkeypatch.setattr(runner, "_reachable", lambda host, port=80, timeout=3.0: False)
+    monkeypatch.setattr(series, "_reachable", lambda host, port=80, timeout=3.0: False)
     with pytest.raises(DataError) as e:
-        runner.preflight("stl10", tmp_path)
+        series.preflight("stl10", tmp_path)
     text = str(e.value)
-    real, synthetic = text.index(durations.SERIES_COMMAND["ablation"]), text.index("--dataset synthetic --preset smoke")
-    assert real < synthetic and durations.cpu_duration("ablation") in text[:real]
+    real, synthetic = text.index(series.SERIES_COMMAND["ablation"]), text.index("--dataset synthetic --preset smoke")
+    assert real < synthetic and series.cpu_duration("ablation") in text[:real]
     with pytest.raises(ValueError, match="choose among"):
-        runner.select("07")
-    assert runner.select("3,05") == ["03_linear_probe", "05_visualize"]
+        series.select("07")
+    assert series.select("3,05") == ["03_linear_probe", "05_visualize"]
 
 
 def test_colab_copies_stl10_from_drive_to_the_runtime_disk_once(tmp_path, monkeypatch, capsys):

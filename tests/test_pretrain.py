@@ -17,7 +17,11 @@ import maehelpers.losses as L
 from maehelpers.masking import mask_ratio_at
 from maehelpers.model import MAE
 import maehelpers.pretrain as P
-from maehelpers.pretrain import NonFiniteLossError, amp_dtype, load_encoder, lr_at, pretrain
+from maehelpers.checkpoints import load_encoder
+from maehelpers.devices import amp_dtype
+from maehelpers.optim import lr_at
+from maehelpers.pretrain import pretrain
+from maehelpers.train_log import NonFiniteLossError
 from maehelpers.runs import CheckpointError, epoch_rows, load_torch, merge_results, read_jsonl, run_lock, save_torch
 
 

@@ -12,7 +12,8 @@ import torch
 
 import maehelpers.runs as runs_module
 from maehelpers.config import make_config
-from maehelpers.pretrain import NonFiniteLossError, pretrain
+from maehelpers.pretrain import pretrain
+from maehelpers.train_log import NonFiniteLossError
 from maehelpers.runs import CheckpointError, load_torch, read_jsonl
 
 # A child process that pretrains the smoke config and SIGKILLs itself at a chosen moment:

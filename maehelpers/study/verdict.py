@@ -9,9 +9,13 @@ import statistics
 
 import matplotlib.pyplot as plt
 
+from ..paths import RESULTS
+from .arms import HEADLINE
+from .heldout import heldout_analysis, heldout_progress
+from .records import correct_path, read_correct, read_records
 from .stats import paired, seeds_needed
-from .study import HEADLINE, RESULTS, correct_path, read_records
-from .study_report import claim, heldout_analysis, heldout_progress, read_correct
+from .tables import _p, fmt_interval
+
 
 STUDY = {"dataset": "fashion_mnist", "preset": "ablation", "steps": 500}
 SPLITS = {"validation": "validation (exploratory)", "heldout": "held-out (preregistered)"}
@@ -77,9 +81,11 @@ def verdict(records=None) -> dict:
         path = records or RESULTS / "ablation_runs.jsonl"
         registered = heldout_analysis(held, read_correct(correct_path(path), STUDY["dataset"], STUDY["preset"],
                                                          STUDY["steps"]))[HEADLINE]["vs_original"]
-    wording = {"validation": lambda arm, p: f"{claim(p['p'], p)}, uncorrected for the arms screened",
+    wording = {"validation": lambda arm, p: (f"exploratory (nominal p {_p(p['p'])}, uncorrected, on the images "
+                                             "that chose the arms)" if p.get("p") is not None else "screening only"),
                "heldout": lambda arm, p: ("no claim until all runs are in" if not registered else
-                                          f"{registered[arm]['claim']} (Holm p {registered[arm]['p_holm']:.3f})")}
+                                          f"{registered[arm]['claim']} (Holm p {_p(registered[arm]['p_holm'])}; with the "
+                                          f"test images as a sample too {fmt_interval(registered[arm]['combined'])})")}
     result, lines = {}, []
     for arm, label in arms.items():
         result[arm] = {s: study_paired(arm, s, records=records) for s in SPLITS}
@@ -87,8 +93,8 @@ def verdict(records=None) -> dict:
                  f"{p['ci95'] or 0:.2f} over {p['n']} seeds: {wording[s](arm, p)}" for s, p in result[arm].items() if p]
         lines.append(f"{label}, k-NN on the mean pool vs original: " + "; ".join(parts) + ".")
     lines.append(f"The preregistered held-out confirmation has {done} of its {total} runs; "
-                 + ("the held-out claims above are its registered, Holm-corrected ones; the rest is in the "
-                    "README." if done >= total else
+                 + ("the held-out claims above are its registered, Holm-corrected ones; the rest is in "
+                    "docs/study.md." if done >= total else
                     "until all are in, no held-out difference above is a verdict (claims use the registered "
                     "analysis only)."))
     return {"lines": lines, "paired": result, "heldout_done": done, "heldout_total": total}
@@ -97,7 +103,7 @@ def verdict(records=None) -> dict:
 def draw_verdict(v: dict):
     """The paired differences behind the verdict: per arm and split, each seed a dot, the mean with its
     95 % interval as a bar (viz.draw_paired's layout)."""
-    from .viz import draw_paired
+    from ..viz import draw_paired
     interim = v["heldout_done"] < v["heldout_total"]
     label = {**SPLITS, "heldout": SPLITS["heldout"] + (f", interim ({v['heldout_done']} of {v['heldout_total']} runs)"
                                                       if interim else "")}
