@@ -1,4 +1,4 @@
-"""The GPU check: one prepared script for the first session lent a GPU (about 6 minutes on one H100).
+"""The GPU check: one prepared script for the first session lent a GPU (estimates sum to 7.5 minutes on one H100).
 
     python benchmarks/gpu_check.py                                    # on a GPU: benchmarks/results/gpu_check.json
     python benchmarks/gpu_check.py --quick --device cpu --out /tmp/g  # the script itself on a CPU (a test runs this)
@@ -387,17 +387,17 @@ def parts(tmp: Path, device, quick: bool) -> list:
         ("improved_96", 30, lambda: pretrain_part(tmp, device, quick, variant="improved")),
         ("fp16_96", 25, lambda: pretrain_part(tmp, device, quick, fp16=True)),
         ("host_data_96", 25, lambda: pretrain_part(tmp, device, quick, host_data=True)),
-        ("pretrain_224", 40, lambda: pretrain_part(tmp, device, quick, preset="paper")),
-        ("finetune_224", 60, lambda: finetune_part(tmp, device, quick)),
-        ("compile", 120, lambda: compile_part(device, quick)),
+        ("pretrain_224", 30, lambda: pretrain_part(tmp, device, quick, preset="paper")),
+        ("finetune_224", 45, lambda: finetune_part(tmp, device, quick)),
+        ("compile", 90, lambda: compile_part(device, quick)),
         ("fp16_overflow", 15, lambda: fp16_overflow_part(tmp, device, quick)),
         ("resume", 15, lambda: resume_part(tmp, device)),
         ("eval", 20, lambda: eval_part(tmp, device, quick)),
         ("raw_pixels", 30, lambda: raw_pixel_memory(32 if quick else 224, 1, str(device),
                                                     *((200, 200) if quick else (5000, 8000)), timeout=240)),
         ("uniformity_memory", 10, lambda: uniformity_memory_part(device)),
-        ("ddp_one", 60, lambda: torchrun_part(tmp, device, 1, timeout=150)),
-        ("ddp_two", 60, lambda: torchrun_part(tmp, device, 2, timeout=150)),
+        ("ddp_one", 45, lambda: torchrun_part(tmp, device, 1, timeout=150)),
+        ("ddp_two", 45, lambda: torchrun_part(tmp, device, 2, timeout=150)),
     ]
 
 
