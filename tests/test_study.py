@@ -525,20 +525,21 @@ def test_a_run_records_its_last_epochs_feature_health(tmp_path):
 
 # ----------------------------------------------------------------------------- registration 2: the long-budget stage
 def test_records_of_the_running_stage_stay_readable():
-    """A record and its bits as the long stage's code writes them (a dry run of that code at 250 steps,
-    just before its registration; the format did not change at the registered commit 8c36deb):
-    the current code reads the record, its monitor curve, its first date and its per-image bits."""
+    """The long stage's first record and its bits, as its registered commit (8c36deb) wrote them while
+    this code moved: the current code reads the record, its monitor curve, its first date and its
+    per-image bits, and the stage's analysis takes them."""
     path = ROOT / "tests" / "data" / "registered_stage_record.jsonl"
-    rec = study.read_records(path, "fashion_mnist", "ablation", "heldout")[("original", 999, 250)]
-    assert rec["ft_epochs"] == 1 and [p[0] for p in rec["monitor"]] == [125, 250]
-    assert records.first_dates(path, split="heldout") == {("original", 999, 250): "2026-12-07 03:14"}
-    bits = records.read_correct(records.correct_path(path), "fashion_mnist", "ablation", 250)[("original", 999)]
+    rec = study.read_records(path, "fashion_mnist", "ablation", "heldout")[("original", 200, 16000)]
+    assert rec["git_commit"].startswith("8c36deb") and rec["ft_epochs"] == 20
+    assert [p[0] for p in rec["monitor"]] == [500, 1000, 2000, 4000, 6000, 8000, 12000, 16000]
+    assert records.first_dates(path, split="heldout") == {("original", 200, 16000): rec["date"]}
+    bits = records.read_correct(records.correct_path(path), "fashion_mnist", "ablation", 16000)[("original", 200)]
     for m in ("knn_top1_mean", "lp_top1_mean", "knn_top1_cls", "lp_top1_cls", "ft_top1"):
         assert 100 * bits[m].mean() == pytest.approx(rec[m], abs=1e-4), m   # the record: a float32 mean
     from maehelpers.study import long
-    assert long.last_doubling({("original", 999, 16000): {**rec, "monitor": [[8000, 70.0, 0], [16000, 71.5, 0]]}},
-                              "original")["diff"] == pytest.approx(1.5)
-
+    held = study.read_records(path, "fashion_mnist", "ablation", "heldout")
+    assert long.last_doubling(held, "original")["diff"] == pytest.approx(rec["monitor"][7][1] - rec["monitor"][5][1])
+    assert long.progress(held) == (1, 15)
 
 def _long_records(knn: dict, lp: dict, ft: dict, rng_seed: int = 0):
     """Held-out records and bits of the long stage: three seeds, 2,000 test images; each arm's k-NN,
