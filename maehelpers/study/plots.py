@@ -149,7 +149,7 @@ def plot_long(validation: dict, heldout: dict, path=None, steps: int = 16000):
                   and r.get("monitor")]
         xs = sorted(set.intersection(*(set(c) for c in curves)))
         ax.plot(xs, [statistics.fmean(c[x] for c in curves) for x in xs], "-", color=f"C{i}", lw=1.5,
-                label=f"{arm}: monitor, {len(curves)} seeds (validation)")
+                label=f"{arm}: monitor, {len(curves)} seed{'s' if len(curves) > 1 else ''} (validation)")
         for split, records, marker in (("validation", validation, "o"), ("held-out", heldout, "s")):
             points = {}
             for (a, _, st), r in records.items():

@@ -82,11 +82,11 @@ def report(settings) -> Path:
         if analysis:
             Path(f"{stem}_{name}.json").write_text(json.dumps(analysis, indent=1, default=float) + "\n")
     stem.with_suffix(".md").write_text("\n".join([markdown(rows), matched_markdown(matched), tables, heldout_md, long_md]))
+    draw(stem, rows, records, held, steps, settings)   # before the docs, which link the pictures that exist
     if settings.doc:
         write_doc(settings, records, tables)
     if settings.front:
         replace_block(settings.front, findings(settings), FINDINGS_MARKS)
-    draw(stem, rows, records, held, steps, settings)
     print(stem.with_suffix(".md").read_text())
     return stem
 
