@@ -1,6 +1,8 @@
 """The front page and the docs: every link resolves, the README stays a front page, and every
 generated block equals what its command writes."""
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -90,3 +92,16 @@ def test_readme_blocks_are_generated_from_the_address_and_the_records():
     assert block(readme, make_notebooks.COLAB_MARKS) == make_notebooks.colab_text(make_notebooks.address()).strip()
     assert block(readme, make_notebooks.NOTEBOOKS_MARKS) == make_notebooks.notebooks_table(make_notebooks.address()).strip()
     assert block(readme, FINDINGS_MARKS) == findings(StudySettings()).strip()
+
+
+def test_nothing_the_tests_docs_or_notebooks_read_is_ignored_by_git():
+    """A file that is here but matched by .gitignore never reaches a clean checkout: the tests pass here
+    and fail in CI (a `data/` pattern once swallowed tests/data/). Caches and run folders excepted."""
+    if shutil.which("git") is None or subprocess.run(["git", "-C", str(ROOT), "rev-parse"],
+                                                     capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    folders = ["tests", "docs", "benchmarks", "notebooks", "scripts", "maehelpers", ".ci", "README.md"]
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--others", "--ignored", "--exclude-standard",
+                          "--", *folders], capture_output=True, text=True, check=True).stdout
+    caches = {"__pycache__", ".ipynb_checkpoints", "runs"}
+    assert [f for f in out.splitlines() if not caches & set(Path(f).parts)] == []
