@@ -5,6 +5,8 @@
                                                       # outputs of the cells tagged nbval-check-output
     python scripts/make_notebooks.py --documented-run fashion_mnist ablation  # and every cell's outputs,
                                                       # pictures included, from a real run (~40 min, CPU)
+    python scripts/make_notebooks.py --study-cells    # refresh only the cells drawn from the study's
+                                                      # committed records (after `study report`; seconds)
     python scripts/make_notebooks.py --repo-url https://github.com/you/fork   # the repository's address, everywhere
     python scripts/make_notebooks.py --repo-url       # the address of `git remote get-url origin`
 
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 NB_DIR = ROOT / "notebooks"
 CHECK = "nbval-check-output"
+RECORDS = "study-records"   # a cell drawn from the committed study records alone (--study-cells)
 PLACEHOLDER = "https://github.com/OWNER/REPO"   # pyproject.toml's address until one is set
 
 from maehelpers.config import PRESETS, preset_summary, presets_table  # noqa: E402
@@ -172,6 +175,14 @@ def code(text):
     return new_code_cell(text)
 
 
+def records_code(text):
+    """A cell whose output comes from the committed study records, not from the notebook's own run:
+    `--study-cells` refreshes it when records arrive, without running the series."""
+    cell = new_code_cell(text)
+    cell.metadata["tags"] = [RECORDS]
+    return cell
+
+
 DOC_MARK = "<documented run>"
 
 
@@ -183,7 +194,8 @@ def documented_note(documented: dict | None) -> str:
     return (f"*The outputs stored in this notebook come from `python scripts/make_notebooks.py --documented-run "
             f"{documented['dataset']} {documented['preset']}`: a real run of the whole series on a 2-core CPU "
             f"with `dataset = \"{documented['dataset']}\"`, `preset = \"{documented['preset']}\"` and the other "
-            "parameters as below. Running the notebook replaces them with yours.*")
+            "parameters as below; the cells that show the study's committed records are drawn from those records "
+            "(`--study-cells`). Running the notebook replaces them with yours.*")
 
 
 def head(title, intro, names=DATA_PARAMS, extra_params=""):
@@ -321,7 +333,7 @@ NOTEBOOKS = {
            "(validation images), raw pixels as lines, and the study's records as points, from 500 to 16,000 steps "
            "(each its own run). It asks where MAE passes raw pixels and training from scratch, and whether the "
            "gains seen at 500 steps survive there; `docs/study.md` gives the registered answers."),
-        code("nb.show_long_stage();"),
+        records_code("nb.show_long_stage();"),
     ],
     "04_finetune.ipynb": head(
         "04 · Fine-tune",
@@ -355,7 +367,7 @@ NOTEBOOKS = {
            "`benchmarks/ft_curve.py`): fine-tuning top-1 against epochs for the pretrained encoder and for "
            "scratch, with the pretrained encoder's probe as a line. The `ablation` preset fine-tunes at the "
            "budget it names; with another dataset or preset, set `ft_epochs` from a curve of your own."),
-        code("nb.show_ft_budget()"),
+        records_code("nb.show_ft_budget()"),
         md("From that budget on, fine-tuning ends above the linear probe, as in the paper. What this small setting "
            "does not show is the paper's other lesson: the untrained encoder, fine-tuned with its own recipe, "
            "catches up with the pretrained one and passes it on the curve's seed. With 500 pretraining steps "
@@ -370,7 +382,7 @@ NOTEBOOKS = {
            "(validation images), raw pixels as lines, and the study's records as points, from 500 to 16,000 steps "
            "(each its own run). It asks where MAE passes raw pixels and training from scratch, and whether the "
            "gains seen at 500 steps survive there; `docs/study.md` gives the registered answers."),
-        code("nb.show_long_stage();"),
+        records_code("nb.show_long_stage();"),
         md("Results are in each run's `results.json` (`ft_top1`, with the recipe and the curve under `ft`)."),
     ],
     "05_visualize.ipynb": head(
@@ -437,12 +449,12 @@ NOTEBOOKS = {
            "`benchmarks/results/ablation_runs.jsonl` (nothing typed, nothing recomputed): the improved variant, "
            "the arm that ranked first, and where the preregistered held-out confirmation stands. Validation "
            "numbers are exploratory (arms were chosen on them); the held-out ones say nothing until all runs are in."),
-        code("nb.show_verdict();"),
+        records_code("nb.show_verdict();"),
         md("## Where MAE starts to work\nThe same study at 16,000 steps (registered before its first run): each arm's "
            "k-NN monitor over its pretraining, raw pixels as lines, and the records from 500 to 16,000 steps. "
            "`docs/study.md` gives its registered verdict, and a picture of the same images and masks reconstructed "
            "after 500 and after 16,000 steps."),
-        code("nb.show_long_stage();"),
+        records_code("nb.show_long_stage();"),
         md("## What was written\n`runs/compare/`: `recon_grid.png`, `curves.png` (the masked MSE that all variants "
            "share on common axes, extra terms in their own panel), `results.png`, `compare.md`, `compare.json`; "
            "every run's `results.json` now also holds the reconstruction metrics under `recon`, keyed to its encoder."),
@@ -596,6 +608,24 @@ def store_outputs(notebooks: dict, documented: dict | None = None) -> None:
                 cell.execution_count = count + 1 if cell.outputs or checked else None
 
 
+def refresh_study_cells(notebooks: dict) -> None:
+    """Run the cells tagged study-records alone, in a fresh kernel per notebook in the repository, and
+    keep their outputs: they read the committed study records, not the series' runs, so new records
+    reach the notebooks without running the series."""
+    from nbclient import NotebookClient
+    for nb in notebooks.values():
+        tagged = [(n, c) for n, c in enumerate(c for c in nb.cells if c.cell_type == "code")
+                  if RECORDS in c.metadata.get("tags", [])]
+        if not tagged:
+            continue
+        alone = new_notebook(cells=[code("from maehelpers import notebook as nb"),
+                                    *[code(c.source) for _, c in tagged]])
+        NotebookClient(alone, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT)}}).execute()
+        for (count, cell), done in zip(tagged, alone.cells[1:]):
+            cell.outputs, cell.execution_count = keepable(done.outputs), count + 1
+
+
 def committed_run() -> dict | None:
     """The documented run that the committed notebooks' outputs come from (None if none)."""
     path = NB_DIR / next(iter(NOTEBOOKS))
@@ -619,6 +649,8 @@ def main(argv=None):
     parser.add_argument("--store-outputs", action="store_true", help="keep the outputs of the checked cells (smoke)")
     parser.add_argument("--documented-run", nargs=2, metavar=("DATASET", "PRESET"),
                         help="also keep every cell's outputs from a real run, e.g. fashion_mnist ablation")
+    parser.add_argument("--study-cells", action="store_true",
+                        help="refresh only the cells drawn from the committed study records, keeping the rest")
     parser.add_argument("--repo-url", nargs="?", const="origin",
                         help="set the repository's address (pyproject.toml, then README and notebooks), e.g. "
                              "https://github.com/you/your-fork; without a value, the address of git's remote 'origin'")
@@ -633,6 +665,8 @@ def main(argv=None):
         store_outputs(notebooks, documented)
     else:
         keep_committed_outputs(notebooks)
+    if args.study_cells and not rerun:  # a run executes these cells itself
+        refresh_study_cells(notebooks)
     NB_DIR.mkdir(exist_ok=True)
     for name, nb in notebooks.items():
         nbformat.validate(nb)

@@ -75,7 +75,29 @@ def test_committed_notebooks_match_their_generator():
         sys.path.pop(0)
     for name, nb in build(committed_run()).items():  # the note under each title names the stored outputs' run
         committed = nbformat.read(NB_DIR / name, as_version=4)
-        assert [c.source for c in nb.cells] == [c.source for c in committed.cells], name
+        assert [(c.source, tags(c)) for c in nb.cells] == [(c.source, tags(c)) for c in committed.cells], name
+
+
+def test_cells_drawn_from_the_study_records_show_the_committed_records():
+    """The cells tagged study-records print what the committed records give now, and draw their
+    picture: new records reach the notebooks with `make_notebooks.py --study-cells`, or this fails."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    import matplotlib.pyplot as plt
+
+    from maehelpers import notebook as nb
+    tagged = [(n, c) for n in NAMES for c in load(n).cells if "study-records" in tags(c)]
+    assert len(tagged) >= 3
+    for name, cell in tagged:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), mock.patch("IPython.display.display"):
+            exec(cell.source, {"nb": nb})
+        plt.close("all")
+        stored = "".join(o.text for o in cell.outputs if o.output_type == "stream")
+        assert stored == printed.getvalue(), f"{name}: run python scripts/make_notebooks.py --study-cells"
+        assert any("image/png" in o.get("data", {}) for o in cell.outputs), f"{name}: {cell.source} draws nothing"
 
 
 def test_series_runs_under_nbval(tmp_path):

@@ -610,6 +610,23 @@ def test_long_stage_report_waits_for_every_record_and_refuses_early_ones(tmp_pat
         long.report(settings)
 
 
+def test_the_long_stage_picture_leaves_a_notebooks_backend_alone():
+    """plot_long is drawn inside notebooks (nb.show_long_stage): switching matplotlib to Agg there hid
+    that figure, and every later one in the kernel. It draws on whatever backend the session has."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from maehelpers.study.plots import plot_long
+    held, _ = _long_records({"original": 78.0, "raw_pixels": 80.0}, {}, {})
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        fig = plot_long({}, held)
+        assert fig is not None and matplotlib.get_backend() == "svg"
+        plt.close(fig)
+    finally:
+        matplotlib.use(before)
+
+
 def test_audit_arithmetic_by_hand():
     """The differences the audit recomputed, by hand: a paired difference is the mean of per-seed
     differences, not a difference of rounded means; the winner's curse counts only the arms screened

@@ -28,8 +28,6 @@ def _diff_panel(ax, rows, arms, metric: str, steps: int) -> None:
 def plot(rows_by_split: dict, path, steps: int) -> None:
     """The study's picture: per split (validation, held-out), each arm's paired differences to
     `original` on k-NN and the linear probe: what each arm changes, not absolute accuracies."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = {split: [r for r in rows if r["steps"] == steps and r["arm"] not in ("original", "raw_pixels")
                       and r.get("knn_top1_mean_vs_original")] for split, rows in rows_by_split.items()}
@@ -55,8 +53,6 @@ def plot(rows_by_split: dict, path, steps: int) -> None:
 def plot_budget(rows, path) -> bool:
     """k-NN (mean pool, mean over seeds) against pretraining steps for every arm run at more than one
     budget, with the raw-pixel and random-encoder levels: does the gap grow with training?"""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     arms = curve_arms(rows)
     if not arms:
@@ -135,8 +131,6 @@ def plot_long(validation: dict, heldout: dict, path=None, steps: int = 16000):
     True), or returned as a figure without one; False / None while the stage has no record."""
     import statistics
 
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     arms = sorted({a for (a, _, st), r in heldout.items() if st == steps and r.get("monitor")},
                   key=lambda a: ("original", "improved", "unif_umae_mean_100x").index(a)
