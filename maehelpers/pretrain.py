@@ -235,22 +235,42 @@ def _optimizer(model, t, device):
                              fused=device.type == "cuda")
 
 
-def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch, w: World) -> dict:
-    ckpt_path, t = run_dir / "checkpoint_last.pt", cfg.train
-    download = data is None  # data handed in: the monitor reads only files already there
-    if data is None:  # the processes of a machine download one at a time, waiting on a file lock, not in a collective
-        data = agreed(w, lambda: locked(w.size > 1, data_root, lambda: load_dataset(cfg.dataset, "pretrain", data_root)))
-    data = data.head(t.max_images)
+@dataclass
+class _Training:
+    """What one pretraining holds while it runs: the model with its optimiser and scaler, the
+    objective (wrapped for DDP under torchrun), the counters, and where its checkpoint goes."""
+    cfg: PretrainConfig
+    model: MAE
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    objective: torch.nn.Module
+    state: _State
+    dtype: torch.dtype | None           # autocast's dtype; None: fp32
+    run: dict                           # n_images, steps_per_epoch, precision, device: what a resume must match
+    total_steps: int
+    warmup_steps: float
+    ckpt_path: Path
+    device: torch.device
+    w: World
+    saved_step: int = 0                 # the step of the newest checkpoint on disk
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.run["steps_per_epoch"]
+
+
+def _setup(cfg, run_dir: Path, data, resume: bool, device, w: World) -> _Training:
+    """The model, optimiser and scaler, from the checkpoint when one is resumed; the loss terms checked."""
+    t = cfg.train
     steps_per_epoch = len(data) // t.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(data)} images are fewer than one batch of {t.batch_size}; "
                          "lower train.batch_size or use more images")
-    total_steps, warmup_steps = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
     dtype = amp_dtype(device, t.amp)
     run = {"n_images": len(data), "steps_per_epoch": steps_per_epoch, "precision": precision_name(dtype),
            "device": device.type}
+    ckpt_path = run_dir / "checkpoint_last.pt"
     ckpt = _load_checkpoint(ckpt_path, cfg, run, resume, w)
-
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     optimizer = _optimizer(model, t, device)
@@ -264,25 +284,66 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
             objective, device_ids=[device.index] if device.type == "cuda" else None)
     if w.main:
         _trim_logs(run_dir, state.step)
-    saved = {"step": state.step}  # the step of the newest checkpoint on disk
+    return _Training(cfg, model, optimizer, scaler, objective, state, dtype, run, t.epochs * steps_per_epoch,
+                     t.warmup_epochs * steps_per_epoch, ckpt_path, device, w, saved_step=state.step)
 
-    def save(seconds: float):
-        saved["step"] = state.step
-        if w.main:
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                        "step": state.step, "epoch": state.step // steps_per_epoch, "pretrain_time_s": seconds,
-                        "epoch_loss": state.epoch_loss, "epoch_count": state.epoch_count, "skipped": state.skipped,
-                        "precision_changes": list(state.precision_changes),
-                        "rng_cpu": torch.get_rng_state(),
-                        "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                        "config": to_dict(cfg), **run}, ckpt_path)
-        barrier(w)  # every rank waits for the checkpoint
 
-    end_step = total_steps if stop_at_epoch is None else min(total_steps, stop_at_epoch * steps_per_epoch)
+def _save(tr: _Training, seconds: float) -> None:
+    """checkpoint_last.pt: weights, optimiser, scaler, counters and RNG (rank 0 writes, every rank waits)."""
+    tr.saved_step, state = tr.state.step, tr.state
+    if tr.w.main:
+        save_torch({"model": tr.model.state_dict(), "optimizer": tr.optimizer.state_dict(),
+                    "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else {},
+                    "step": state.step, "epoch": state.step // tr.steps_per_epoch, "pretrain_time_s": seconds,
+                    "epoch_loss": state.epoch_loss, "epoch_count": state.epoch_count, "skipped": state.skipped,
+                    "precision_changes": list(state.precision_changes),
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state() if tr.device.type == "cuda" else None,
+                    "config": to_dict(tr.cfg), **tr.run}, tr.ckpt_path)
+    barrier(tr.w)
+
+
+def _step(tr: _Training, idx, gather, log: StepLog) -> None:
+    """One optimisation step on the global batch `idx` (this rank's rows, in micro-batches), logged."""
+    t, w, step = tr.cfg.train, tr.w, tr.state.step
+    per_rank = t.batch_size // w.size
+    micro = per_rank // t.accum_iter
+
+    def micro_inputs(k):
+        rows = slice(w.rank * per_rank + k * micro, w.rank * per_rank + (k + 1) * micro)
+        return _step_inputs(tr.cfg, gather(idx[rows]), step, tr.total_steps, tr.model.num_patches, tr.device, rows,
+                            t.batch_size)
+    lr = lr_at(step, tr.total_steps, tr.warmup_steps, t.lr, t.min_lr)
+    loss, parts, ratio = _train_step(tr.objective, tr.optimizer, tr.scaler, micro_inputs, t.accum_iter, lr, tr.dtype,
+                                     log, step, w)
+    tr.state.step += 1
+    log.add({"step": tr.state.step, "epoch": step // tr.steps_per_epoch + 1, "lr": lr, "mask_ratio": ratio}, loss,
+            parts, tr.scaler._scale.clone() if tr.scaler.is_enabled() else None)  # noqa: SLF001 - read without a sync
+
+
+def _end_epoch(tr: _Training, log: StepLog, board, data, epoch: int, seconds: float, end_step: int) -> None:
+    """The epoch's row (loss, feature health), TensorBoard's reconstructions, and a checkpoint when due."""
+    t, step = tr.cfg.train, tr.state.step
+    log.end_epoch(step, epoch + 1, seconds, feature_health_of(tr.model, data.images[:HEALTH_IMAGES],
+                                                              tr.cfg.model.img_size))
+    if board is not None:
+        board_reconstructions(board, tr.model, data.images[:4], tr.cfg.model.img_size, step)
+    if (epoch + 1) % t.save_every == 0 or step == end_step:
+        _save(tr, seconds)
+
+
+def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_epoch, w: World) -> dict:
+    t = cfg.train
+    download = data is None  # data handed in: the monitor reads only files already there
+    if data is None:  # the processes of a machine download one at a time, waiting on a file lock, not in a collective
+        data = agreed(w, lambda: locked(w.size > 1, data_root, lambda: load_dataset(cfg.dataset, "pretrain", data_root)))
+    data = data.head(t.max_images)
+    tr = _setup(cfg, run_dir, data, resume, device, w)
+    state, total_steps = tr.state, tr.total_steps
+    end_step = total_steps if stop_at_epoch is None else min(total_steps, stop_at_epoch * tr.steps_per_epoch)
     if state.step >= total_steps and progress:
-        print(f"{ckpt_path} is already complete ({state.step} steps): nothing to train")
-    model.train()
+        print(f"{tr.ckpt_path} is already complete ({state.step} steps): nothing to train")
+    tr.model.train()
     t0, time_before = time.perf_counter(), state.seconds
     elapsed = lambda: time_before + time.perf_counter() - t0  # noqa: E731
     bar = tqdm(total=total_steps, initial=state.step, desc=f"pretrain {cfg.variant.name}", unit="step",
@@ -292,53 +353,38 @@ def _pretrain(cfg, run_dir, data, data_root, resume, device, progress, stop_at_e
     gather = gatherer(images, device)  # host images bound for a GPU: pinned, non-blocking copies
     monitor, monitor_at = agreed(w, lambda: locked(w.size > 1, data_root, lambda: _monitor(
         cfg, data_root, download, total_steps, progress, w)))
-    first_step, per_rank = state.step, t.batch_size // w.size
-    micro = per_rank // t.accum_iter
+    first_step = state.step
     with deferred_sigint() as sigint:
         board = tensorboard_writer(run_dir, t, w)
-        log = StepLog(run_dir, state, every, bar, ckpt_path, dtype is not None, w, sigint, write=w.main, board=board)
+        log = StepLog(run_dir, state, every, bar, tr.ckpt_path, tr.dtype is not None, w, sigint, write=w.main,
+                      board=board)
         try:
             order = None
             while state.step < end_step:
-                epoch, i = divmod(state.step, steps_per_epoch)
+                epoch, i = divmod(state.step, tr.steps_per_epoch)
                 if order is None or i == 0:  # the epoch's order, on the device that holds the images
                     order = epoch_order(len(data), cfg.seed, epoch).to(images.device)
-                idx = order[i * t.batch_size:(i + 1) * t.batch_size]
-
-                def micro_inputs(k, step=state.step, idx=idx):
-                    rows = slice(w.rank * per_rank + k * micro, w.rank * per_rank + (k + 1) * micro)
-                    return _step_inputs(cfg, gather(idx[rows]), step, total_steps, model.num_patches, device, rows,
-                                        t.batch_size)
-                lr = lr_at(state.step, total_steps, warmup_steps, t.lr, t.min_lr)
-                loss, parts, ratio = _train_step(objective, optimizer, scaler, micro_inputs, t.accum_iter, lr, dtype,
-                                                 log, state.step, w)
-                state.step += 1
-                log.add({"step": state.step, "epoch": epoch + 1, "lr": lr, "mask_ratio": ratio}, loss, parts,
-                        scaler._scale.clone() if scaler.is_enabled() else None)  # noqa: SLF001 - read without a sync
+                _step(tr, order[i * t.batch_size:(i + 1) * t.batch_size], gather, log)
                 report_eta(log, state.step - first_step, t0, end_step - state.step, device, cfg.preset, progress)
                 if state.step in monitor_at:  # before any checkpoint of this step, so a resume never skips it
-                    log.monitor(state.step, state.step / steps_per_epoch, monitor.measure(model))
-                if state.step % steps_per_epoch == 0:
-                    log.end_epoch(state.step, epoch + 1, elapsed(), feature_health_of(model, data.images[:HEALTH_IMAGES],
-                                                                                      cfg.model.img_size))
-                    if board is not None:
-                        board_reconstructions(board, model, data.images[:4], cfg.model.img_size, state.step)
-                    if (epoch + 1) % t.save_every == 0 or state.step == end_step:
-                        save(elapsed())
+                    log.monitor(state.step, state.step / tr.steps_per_epoch, monitor.measure(tr.model))
+                if state.step % tr.steps_per_epoch == 0:
+                    _end_epoch(tr, log, board, data, epoch, elapsed(), end_step)
                 if log.stop:
                     log.flush()
-                    save(elapsed())
-                    print(f"Interrupted at step {state.step}: checkpoint saved to {ckpt_path}; run again to resume.")
+                    _save(tr, elapsed())
+                    print(f"Interrupted at step {state.step}: checkpoint saved to {tr.ckpt_path}; run again to resume.")
                     raise KeyboardInterrupt
             log.flush()
         finally:
             log.close()
     seconds = elapsed()
-    if state.step != saved["step"] or not ckpt_path.exists():
-        save(seconds)  # the end, when save_every skipped the last epoch
+    if state.step != tr.saved_step or not tr.ckpt_path.exists():
+        _save(tr, seconds)  # the end, when save_every skipped the last epoch
     if state.step < total_steps:
         return {"status": "paused", "step": state.step, "total_steps": total_steps}
-    return _finish(cfg, run_dir, model, seconds, total_steps, len(data), device, run["precision"], w, state) if w.main else {}
+    return _finish(cfg, run_dir, tr.model, seconds, total_steps, len(data), device, tr.run["precision"], w,
+                   state) if w.main else {}
 
 
 def _monitor(cfg, data_root, download: bool, total_steps: int, progress: bool, w: World):
