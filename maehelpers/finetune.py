@@ -37,17 +37,35 @@ def classify(model, images_u8, labels, img_size: int, batch_size: int, device, a
     return 100.0 * right.sum().item() / len(images_u8), right
 
 
+def _classifier(cfg: PretrainConfig, num_classes: int, encoder_state: dict | None, seed: int, device):
+    """The ViT classifier (global pooling, drop path), its encoder from `encoder_state` or random."""
+    torch.manual_seed(seed)
+    model = ViTClassifier(num_classes, drop_path=cfg.eval.ft_drop_path, **asdict(cfg.model))
+    if encoder_state is not None:
+        model.load_encoder(encoder_state)
+    return model.to(device)
+
+
+def _update(model, opt, scaler, criterion, x, y, lr: float, dtype) -> torch.Tensor:
+    """One step at base lr `lr`, each group scaled by its layer's decay; the loss, detached."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        loss = criterion(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach()
+
+
 def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state: dict | None = None,
              seed: int = 0, device=None, progress: bool = True, layer_decay: float | None = None):
     """Fine-tune the whole encoder (from `encoder_state`, or random for the scratch baseline).
     layer_decay: defaults to eval.ft_layer_decay. Returns (results dict, the trained ViTClassifier)."""
     device, e = pick_device(device), cfg.eval
-    torch.manual_seed(seed)
     num_classes = len(train.classes) or int(train.labels.max()) + 1
-    model = ViTClassifier(num_classes, drop_path=e.ft_drop_path, **asdict(cfg.model))
-    if encoder_state is not None:
-        model.load_encoder(encoder_state)
-    model.to(device)
+    model = _classifier(cfg, num_classes, encoder_state, seed, device)
     lr = e.ft_blr * e.batch_size / 256
     layer_decay = e.ft_layer_decay if layer_decay is None else layer_decay
     opt = torch.optim.AdamW(param_groups_lrd(model, e.ft_weight_decay, layer_decay), lr=lr, fused=device.type == "cuda")
@@ -57,11 +75,10 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
     criterion = nn.CrossEntropyLoss(label_smoothing=e.ft_label_smoothing)
     steps_per_epoch = len(train) // e.batch_size or 1
     total, warmup = e.ft_epochs * steps_per_epoch, e.ft_warmup_epochs * steps_per_epoch
-    t0, step = time.perf_counter(), 0
+    t0, step, curve = time.perf_counter(), 0, []
     order_g = torch.Generator().manual_seed(seed)
     bar = tqdm(total=total, desc="fine-tune" if encoder_state is not None else "fine-tune (scratch)",
                disable=not progress, leave=False)
-    curve = []
     # images (where they fit) and labels stay on the device, indexed there: no step copies from the host
     images, labels = resident(train.images, device), train.labels.to(device)
     gather = gatherer(images, device)
@@ -74,15 +91,9 @@ def finetune(cfg: PretrainConfig, train: ImageSet, test: ImageSet, encoder_state
             x01 = augment(gather(idx), cfg.model.img_size, e.ft_crop_scale,
                           generator=step_generator(seed, step, device), device=device, normalized=False)
             x, y = augmenter(x01, labels[idx.to(device, non_blocking=True)])
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, warmup, lr, 1e-6) * group["lr_scale"]
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = criterion(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step, epoch_sum = step + 1, epoch_sum + loss.detach()
+            epoch_sum = epoch_sum + _update(model, opt, scaler, criterion, x, y, lr_at(step, total, warmup, lr, 1e-6),
+                                            dtype)
+            step += 1
             bar.update(1)
         curve.append({"epoch": epoch + 1, "train_loss": epoch_sum.item() / steps_per_epoch})
         bar.set_postfix(loss=f"{curve[-1]['train_loss']:.3f}")
