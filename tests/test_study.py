@@ -581,6 +581,11 @@ def test_long_stage_analysis_tests_seven_hypotheses_with_the_combined_interval_a
     assert "Does the improved variant's gain survive at 16,000 steps?** Not detected" in text
     assert "No advantage detected" in text
     assert a["slope"]["original"]["diffs"] == [1.0, 1.0, 1.0]
+    tie = long.analysis(*_long_records({**knn, "unif_umae_mean_100x": 80.5}, {**lp, "unif_umae_mean_100x": 81.5}, ft))
+    assert "(`unif_umae_mean_100x`) pass raw pixels at 16,000 steps?** On k-NN it is not resolved (" in "\n".join(long.verdict(tie))
+    assert long.answer(h["L7"], "scratch is ahead", "no advantage detected") == "no advantage detected"
+    assert long.answer(h["L3"], "it falls short") == "no: it falls short (detected)"
+    assert long.answer(h["L5"], "it falls short") == "yes, detected"
 
 
 def test_long_stage_report_waits_for_every_record_and_refuses_early_ones(tmp_path):
@@ -605,6 +610,9 @@ def test_long_stage_report_waits_for_every_record_and_refuses_early_ones(tmp_pat
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     text, analysis = long.report(settings)
     assert analysis and "**The registered family**" in text and "Does `original` pass raw pixels" in text
+    rows = report.findings(settings)   # the front page says the same, on both probes
+    assert "| Does MAE pass raw pixels at 16,000 steps? | k-NN: falls short; probe: falls short |" in rows
+    assert "| Does the improved variant's gain survive at 16,000 steps? (k-NN) | not detected; an effect larger than" in rows
     path.write_text("".join(json.dumps({**x, "date": "2026-12-07 03:00"} if i == 0 else x) + "\n" for i, x in enumerate(lines)))
     with pytest.raises(ValueError, match="first written before their registration"):
         long.report(settings)

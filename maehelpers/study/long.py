@@ -84,13 +84,28 @@ def passes(v: dict | None) -> str:
     return ("passes" if v["combined"]["diff"] > 0 else "falls short") if v["claim"].startswith("detected") else "not resolved"
 
 
+def _it(v: dict) -> str:
+    """passes() as the verb of a sentence whose subject is the arm."""
+    return "is not resolved" if passes(v) == "not resolved" else passes(v)
+
+
+def answer(v: dict, negative: str, neither: str = "not detected") -> str:
+    """The front page's short answer to a registered question: yes, `negative` (both detected), or `neither`."""
+    return {"passes": "yes, detected", "falls short": f"no: {negative} (detected)"}.get(passes(v), neither)
+
+
+def largest_advantage(v: dict) -> float:
+    """The largest advantage that a not-detected difference leaves open: the combined interval's upper end."""
+    return max(v["combined"]["diff"] + v["combined"]["ci95"], 0)
+
+
 def verdict(a: dict) -> list[str]:
     """The registered questions, one plain sentence each, with the numbers behind them."""
     h, lines = a["hypotheses"], []
     for arm, k_name, p_name in (("`original`", "L3", "L4"), (f"the best arm (`{BEST}`)", "L5", "L6")):
         if k_name in h and p_name in h:
-            lines.append(f"- **Does {arm} pass raw pixels at 16,000 steps?** On k-NN it {passes(h[k_name])} "
-                         f"({fmt_interval(h[k_name]['combined'])}); on the linear probe it {passes(h[p_name])} "
+            lines.append(f"- **Does {arm} pass raw pixels at 16,000 steps?** On k-NN it {_it(h[k_name])} "
+                         f"({fmt_interval(h[k_name]['combined'])}); on the linear probe it {_it(h[p_name])} "
                          f"({fmt_interval(h[p_name]['combined'])}).")
     if "L3" in h and passes(h["L3"]) != "passes":
         s = a["slope"].get("original")
@@ -103,16 +118,16 @@ def verdict(a: dict) -> list[str]:
                      + ("Yes: " if passes(h["L7"]) == "passes" else
                         "No: scratch is ahead, " if passes(h["L7"]) == "falls short" else "No advantage detected: ")
                      + f"{fmt_interval(v)}" + ("" if passes(h["L7"]) != "not resolved" else
-                                               f"; an advantage above {max(v['diff'] + v['ci95'], 0):.2f} points is ruled out") + ".")
+                                               f"; an advantage above {largest_advantage(h['L7']):.2f} points is ruled out") + ".")
     for name, what in (("L1", "the improved variant's"), ("L2", "the U-MAE arm's")):
         if name in h:
-            v = h[name]
-            lines.append(f"- **Does {what} gain survive at 16,000 steps?** "
-                         + ("Yes: detected, " if v["claim"].startswith("detected (+)") else
-                            "No, it reverses: " if v["claim"].startswith("detected (-)") else
-                            "Not detected at 16,000 steps: ") + f"{fmt_interval(v['combined'])} on k-NN"
-                         + ("" if v["claim"].startswith("detected") else
-                            f"; an effect larger than {v['claim'].split('larger than ')[1].split(' ')[0]} is ruled out") + ".")
+            v, claim = h[name], h[name]["claim"]
+            answer = (f"Yes: {what} gain survives at 16,000 steps" if claim.startswith("detected (+)") else
+                      "No, it reverses" if claim.startswith("detected (-)") else
+                      "Not detected: the gain measured at 500 steps is not detected at 16,000 steps")
+            ruled = "" if claim.startswith("detected") else f"; an effect larger than {claim.split('larger than ')[1].split(' ')[0]} is ruled out"
+            lines.append(f"- **Does {what} gain survive at 16,000 steps?** {answer} "
+                         f"({fmt_interval(v['combined'])} on k-NN{ruled}).")
     return lines
 
 

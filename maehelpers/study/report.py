@@ -122,7 +122,7 @@ REG2 = "docs/study.md#registration-2-where-mae-starts-to-work-16000-steps"
 def findings(settings) -> str:
     """The front page's table: each registered claim with its combined interval (seeds and test images
     as samples) and a link to its section; a stage still running says how far it is."""
-    from .long import passes
+    from .long import answer, largest_advantage, passes
     rows = ["| question (registered) | answer | interval (95 %, seeds and test images) | |", "|---|---|---|---|"]
     held = heldout_report(settings)[1]
     if held:
@@ -135,14 +135,18 @@ def findings(settings) -> str:
                     f"the curriculum: {f['C']['claim'].split(';')[0]} | {fmt_interval(f['U']['combined'])}; "
                     f"{fmt_interval(f['C']['combined'])} | [registration 1]({REG1}) |")
     text, long = long_report(settings)
-    questions = (("L3", "Does MAE pass raw pixels at 16,000 steps? (k-NN)"),
-                 ("L7", "Does pretraining beat scratch for fine-tuning at 16,000 steps?"),
-                 ("L1", "Does the improved variant's gain survive at 16,000 steps?"))
-    for name, what in questions:
-        if long and name in long["hypotheses"]:
-            v = long["hypotheses"][name]
-            rows.append(f"| {what} | {passes(v) if name != 'L1' else v['claim'].split(';')[0]} "
-                        f"| {fmt_interval(v['combined'])} | [registration 2]({REG2}) |")
+    h = long["hypotheses"] if long else {}
+    questions = (("Does MAE pass raw pixels at 16,000 steps?", ("L3", "L4"),  # said only once all are in
+                  lambda: f"k-NN: {passes(h['L3'])}; probe: {passes(h['L4'])}"),
+                 ("Does pretraining beat scratch for fine-tuning at 16,000 steps?", ("L7",),
+                  lambda: answer(h["L7"], "scratch is ahead", f"no advantage detected; one above "
+                                                             f"{largest_advantage(h['L7']):.2f} points is ruled out")),
+                 ("Does the improved variant's gain survive at 16,000 steps? (k-NN)", ("L1",),
+                  lambda: answer(h["L1"], "it reverses", h["L1"]["claim"])))
+    for what, names, said in questions:
+        if all(n in h for n in names):
+            rows.append(f"| {what} | {said()} | {'; '.join(fmt_interval(h[n]['combined']) for n in names)} "
+                        f"| [registration 2]({REG2}) |")
         else:
             rows.append(f"| {what} | runs in progress ({text.split('Status: ')[-1].split(' are in')[0].strip()}) "
                         f"| | [registration 2]({REG2}) |")
