@@ -586,6 +586,9 @@ def test_long_stage_analysis_tests_seven_hypotheses_with_the_combined_interval_a
     assert long.answer(h["L7"], "scratch is ahead", "no advantage detected") == "no advantage detected"
     assert long.answer(h["L3"], "it falls short") == "no: it falls short (detected)"
     assert long.answer(h["L5"], "it falls short") == "yes, detected"
+    assert "ended above it" not in text   # the best arm fixed in advance stays first here
+    flipped = long.verdict(long.analysis(*_long_records({**knn, "improved": 88.0}, lp, ft)))
+    assert "`improved` (" in "\n".join(flipped) and "ended above it (" in "\n".join(flipped)
 
 
 def test_long_stage_report_waits_for_every_record_and_refuses_early_ones(tmp_path):

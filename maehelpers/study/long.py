@@ -5,8 +5,10 @@ Seven hypotheses (L1-L7), one Holm family. Each is a paired contrast over seeds 
 held-out images, tested with the combined interval: seeds and test images both as samples
 (stats.combined). The seed interval, conditional on these images, is shown beside it. The k-NN
 monitor's slope over the last doubling (8,000 to 16,000 steps) is reported where MAE does not pass
-raw pixels. Records first written before the registration are refused.
+raw pixels. An arm that ends above the best arm fixed in advance is named, untested. Records
+first written before the registration are refused.
 """
+import statistics
 from pathlib import Path
 
 from .arms import HEADLINE, LONG_ARMS, LONG_SEEDS, LONG_STEPS
@@ -62,8 +64,10 @@ def analysis(held: dict, correct: dict) -> dict:
     for name, (metric, coefs) in DESCRIPTIVE.items():
         values, bits = values_and_bits(held, correct, metric, LONG_STEPS)
         described[name] = contrast(values, bits, coefs) if all(a in values for a in coefs) else None
+    knn = values_and_bits(held, correct, HEADLINE, LONG_STEPS)[0]
     return {"hypotheses": tested, "descriptive": {k: v for k, v in described.items() if v},
-            "slope": {a: last_doubling(held, a) for a in LONG_ARMS}}
+            "slope": {a: last_doubling(held, a) for a in LONG_ARMS},
+            "knn_means": {a: statistics.fmean(knn[a].values()) for a in LONG_ARMS if a in knn}}
 
 
 def last_doubling(held: dict, arm: str, lo: int = 8000, hi: int = LONG_STEPS) -> dict | None:
@@ -128,6 +132,12 @@ def verdict(a: dict) -> list[str]:
             ruled = "" if claim.startswith("detected") else f"; an effect larger than {claim.split('larger than ')[1].split(' ')[0]} is ruled out"
             lines.append(f"- **Does {what} gain survive at 16,000 steps?** {answer} "
                          f"({fmt_interval(v['combined'])} on k-NN{ruled}).")
+    means = a.get("knn_means", {})
+    above = [arm for arm in means if BEST in means and means[arm] > means[BEST]]
+    if above:  # registered: "if another arm ends above it, that is said, with no test"
+        lines.append(f"- **The best arm was fixed in advance as `{BEST}`; "
+                     + ", ".join(f"`{arm}` ({means[arm]:.2f})" for arm in above)
+                     + f" ended above it ({means[BEST]:.2f}) on k-NN** (means over seeds; said, not tested).")
     return lines
 
 
