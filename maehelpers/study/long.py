@@ -126,11 +126,11 @@ def verdict(a: dict) -> list[str]:
     for name, what in (("L1", "the improved variant's"), ("L2", "the U-MAE arm's")):
         if name in h:
             v, claim = h[name], h[name]["claim"]
-            answer = (f"Yes: {what} gain survives at 16,000 steps" if claim.startswith("detected (+)") else
-                      "No, it reverses" if claim.startswith("detected (-)") else
-                      "Not detected: the gain measured at 500 steps is not detected at 16,000 steps")
+            said = (f"Yes: {what} gain survives at 16,000 steps" if claim.startswith("detected (+)") else
+                    "No, it reverses" if claim.startswith("detected (-)") else
+                    "Not detected: the gain measured at 500 steps is not detected at 16,000 steps")
             ruled = "" if claim.startswith("detected") else f"; an effect larger than {claim.split('larger than ')[1].split(' ')[0]} is ruled out"
-            lines.append(f"- **Does {what} gain survive at 16,000 steps?** {answer} "
+            lines.append(f"- **Does {what} gain survive at 16,000 steps?** {said} "
                          f"({fmt_interval(v['combined'])} on k-NN{ruled}).")
     means = a.get("knn_means", {})
     above = [arm for arm in means if BEST in means and means[arm] > means[BEST]]
