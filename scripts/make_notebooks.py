@@ -412,10 +412,13 @@ NOTEBOOKS = {
            "patch normalised, drawn as grey ± contrast), the usual display with the **true patch statistics** "
            "(borrowed from the hidden image, so it looks better than the model is), and a reconstruction that "
            "**borrows nothing** (the patches de-normalised with the average mean and std of the image's visible "
-           "patches). The pixel model needs one column. On grey images (Fashion-MNIST) the model still predicts "
-           "red, green and blue independently, so where it is unsure the channels disagree and a hidden patch "
-           "shows a coloured tint: that is the model's uncertainty, not a bug in the display. The table puts the "
-           "study's headline (k-NN on the mean pool) first."),
+           "patches). The pixel model needs one column. On grey images (Fashion-MNIST) flat patches come out blue "
+           "in the first and last of these columns, even where the model is right: ImageNet's normalisation "
+           "shifts and scales red, green and blue by different amounts, so a flat black patch, normalised, is about "
+           "(-0.98, -0.37, +1.35) for red, green and blue, and that is what the model learns to predict. The "
+           "output column draws it as it is; the column that borrows nothing scales it by the visible patches' "
+           "average contrast, far above a flat patch's. The true-statistics column knows each patch's own "
+           "contrast and turns it black again. The table puts the study's headline (k-NN on the mean pool) first."),
         code("vis = nb.visualize_all(paths, force=force)\nnb.show_table(vis['table'])"),
         code("from IPython.display import Image, display\n"
              "for name in ('recon_grid.png', 'curves.png', 'results.png'):\n"

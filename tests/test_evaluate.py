@@ -493,3 +493,27 @@ def test_the_honest_view_borrows_nothing_from_the_removed_patches():
     model.norm_pix_loss = False
     pixels = views(model, imgs, pred, mask)
     assert set(pixels) == {"output", "honest"} and torch.equal(pixels["output"], pixels["honest"])
+
+
+def test_a_correct_prediction_of_a_flat_black_patch_on_a_grey_image_is_drawn_blue_unless_borrowed():
+    """docs/protocol.md and notebook 05 explain the blue patches on Fashion-MNIST this way: a black
+    patch of a grey image, ImageNet-normalised and then patch-normalised (48 values, unbiased variance,
+    as the loss), is (-0.98, -0.37, +1.35) per channel, worked out by hand from the ImageNet constants.
+    Given exactly that prediction, the output and the view that borrows nothing are blue; the borrowed
+    view is black."""
+    from maehelpers.metrics import views
+    model = MAE(img_size=8, patch_size=4, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32,
+                decoder_depth=1, decoder_num_heads=2).eval()
+    grey = torch.zeros(1, 1, 8, 8)
+    grey[..., :4, :] = torch.linspace(0.2, 1.0, 32).view(1, 1, 4, 8)   # top half visible, with contrast
+    imgs = normalize(grey)
+    target = model.patchify(imgs)
+    pred = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+    assert pred[0, 3].view(16, 3)[0].tolist() == pytest.approx([-0.98, -0.37, 1.35], abs=0.01)
+    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0]])                          # the black bottom half removed
+    shown = views(model, imgs, pred, mask)
+    black = lambda view: view[0, :, 4:, :].mean((1, 2))                # (R, G, B) over the removed half
+    for name in ("output", "honest"):
+        r, g, b = black(shown[name]).tolist()
+        assert b > g > r and b - r > 0.1, (name, r, g, b)
+    assert black(shown["true stats"]).tolist() == pytest.approx([0, 0, 0], abs=0.01)
