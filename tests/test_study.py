@@ -577,12 +577,17 @@ def test_long_stage_analysis_tests_seven_hypotheses_with_the_combined_interval_a
     assert "Does `original` pass raw pixels at 16,000 steps?** On k-NN it falls short" in text
     assert "on the linear probe it falls short" in text
     assert "the best arm (`unif_umae_mean_100x`) pass raw pixels at 16,000 steps?** On k-NN it passes" in text
-    assert "MAE does not pass raw pixels on k-NN within 16,000 steps" in text and "+1.00 [+1.00, +1.00]" in text
+    assert "The paper's MAE (`original`) does not pass raw pixels on k-NN within 16,000 steps" in text
+    assert "+1.00 [+1.00, +1.00]" in text
     assert "Does the improved variant's gain survive at 16,000 steps?** Not detected" in text
     assert "No advantage detected" in text
     assert a["slope"]["original"]["diffs"] == [1.0, 1.0, 1.0]
     tie = long.analysis(*_long_records({**knn, "unif_umae_mean_100x": 80.5}, {**lp, "unif_umae_mean_100x": 81.5}, ft))
-    assert "(`unif_umae_mean_100x`) pass raw pixels at 16,000 steps?** On k-NN it is not resolved (" in "\n".join(long.verdict(tie))
+    said = "\n".join(long.verdict(tie))   # an unresolved question shows the Holm p that left it so
+    assert "(`unif_umae_mean_100x`) pass raw pixels at 16,000 steps?** On k-NN it is not resolved (" in said
+    v = tie["hypotheses"]["L5"]
+    assert f"it is not resolved ({tables.fmt_interval(v['combined'])}, Holm p {tables._p(v['p_holm'])})" in said
+    assert long.shown(h["L3"]) == tables.fmt_interval(h["L3"]["combined"])   # a detected one needs no p
     assert long.answer(h["L7"], "scratch is ahead", "no advantage detected") == "no advantage detected"
     assert long.answer(h["L3"], "it falls short") == "no: it falls short (detected)"
     assert long.answer(h["L5"], "it falls short") == "yes, detected"
@@ -614,7 +619,10 @@ def test_long_stage_report_waits_for_every_record_and_refuses_early_ones(tmp_pat
     text, analysis = long.report(settings)
     assert analysis and "**The registered family**" in text and "Does `original` pass raw pixels" in text
     rows = report.findings(settings)   # the front page says the same, on both probes
-    assert "| Does MAE pass raw pixels at 16,000 steps? | k-NN: falls short; probe: falls short |" in rows
+    assert "| Does the paper's MAE pass raw pixels at 16,000 steps? | k-NN: falls short; probe: falls short |" in rows
+    h = analysis["hypotheses"]
+    assert (f"| Does the arm that ranked first pass raw pixels at 16,000 steps? | k-NN: {long.passes(h['L5'])}; "
+            f"probe: {long.passes(h['L6'])} | {long.shown(h['L5'])}; {long.shown(h['L6'])} |") in rows
     assert "| Does the improved variant's gain survive at 16,000 steps? (k-NN) | not detected; an effect larger than" in rows
     path.write_text("".join(json.dumps({**x, "date": "2026-12-07 03:00"} if i == 0 else x) + "\n" for i, x in enumerate(lines)))
     with pytest.raises(ValueError, match="first written before their registration"):

@@ -93,6 +93,12 @@ def _it(v: dict) -> str:
     return "is not resolved" if passes(v) == "not resolved" else passes(v)
 
 
+def shown(v: dict) -> str:
+    """The interval of a pass-or-fall-short question, with its Holm p where it is not resolved (an
+    interval that excludes 0 is not a detection once the family is corrected; say why)."""
+    return fmt_interval(v["combined"]) + (f", Holm p {_p(v['p_holm'])}" if passes(v) == "not resolved" else "")
+
+
 def answer(v: dict, negative: str, neither: str = "not detected") -> str:
     """The front page's short answer to a registered question: yes, `negative` (both detected), or `neither`."""
     return {"passes": "yes, detected", "falls short": f"no: {negative} (detected)"}.get(passes(v), neither)
@@ -109,11 +115,11 @@ def verdict(a: dict) -> list[str]:
     for arm, k_name, p_name in (("`original`", "L3", "L4"), (f"the best arm (`{BEST}`)", "L5", "L6")):
         if k_name in h and p_name in h:
             lines.append(f"- **Does {arm} pass raw pixels at 16,000 steps?** On k-NN it {_it(h[k_name])} "
-                         f"({fmt_interval(h[k_name]['combined'])}); on the linear probe it {_it(h[p_name])} "
-                         f"({fmt_interval(h[p_name]['combined'])}).")
+                         f"({shown(h[k_name])}); on the linear probe it {_it(h[p_name])} ({shown(h[p_name])}).")
     if "L3" in h and passes(h["L3"]) != "passes":
         s = a["slope"].get("original")
-        lines.append("- **MAE does not pass raw pixels on k-NN within 16,000 steps.** The monitor's last doubling "
+        how = "does not pass" if passes(h["L3"]) == "falls short" else "is not shown to pass"
+        lines.append(f"- **The paper's MAE (`original`) {how} raw pixels on k-NN within 16,000 steps.** The monitor's last doubling "
                      "(8,000 to 16,000 steps) added " + (f"{fmt_interval(s)} k-NN points (validation images, "
                                                          f"{s['n']} seeds)." if s else "an unmeasured amount."))
     if "L7" in h:

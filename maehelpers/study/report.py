@@ -122,7 +122,7 @@ REG2 = "docs/study.md#registration-2-where-mae-starts-to-work-16000-steps"
 def findings(settings) -> str:
     """The front page's table: each registered claim with its combined interval (seeds and test images
     as samples) and a link to its section; a stage still running says how far it is."""
-    from .long import answer, largest_advantage, passes
+    from .long import answer, largest_advantage, passes, shown
     rows = ["| question (registered) | answer | interval (95 %, seeds and test images) | |", "|---|---|---|---|"]
     held = heldout_report(settings)[1]
     if held:
@@ -136,8 +136,11 @@ def findings(settings) -> str:
                     f"{fmt_interval(f['C']['combined'])} | [registration 1]({REG1}) |")
     text, long = long_report(settings)
     h = long["hypotheses"] if long else {}
-    questions = (("Does MAE pass raw pixels at 16,000 steps?", ("L3", "L4"),  # said only once all are in
-                  lambda: f"k-NN: {passes(h['L3'])}; probe: {passes(h['L4'])}"),
+    on_both = lambda k, p: f"k-NN: {passes(h[k])}; probe: {passes(h[p])}"
+    questions = (("Does the paper's MAE pass raw pixels at 16,000 steps?", ("L3", "L4"),  # said only once all are in
+                  lambda: on_both("L3", "L4")),
+                 ("Does the arm that ranked first pass raw pixels at 16,000 steps?", ("L5", "L6"),
+                  lambda: on_both("L5", "L6")),
                  ("Does pretraining beat scratch for fine-tuning at 16,000 steps?", ("L7",),
                   lambda: answer(h["L7"], "scratch is ahead", f"no advantage detected; one above "
                                                              f"{largest_advantage(h['L7']):.2f} points is ruled out")),
@@ -145,7 +148,7 @@ def findings(settings) -> str:
                   lambda: answer(h["L1"], "it reverses", h["L1"]["claim"])))
     for what, names, said in questions:
         if all(n in h for n in names):
-            rows.append(f"| {what} | {said()} | {'; '.join(fmt_interval(h[n]['combined']) for n in names)} "
+            rows.append(f"| {what} | {said()} | {'; '.join(shown(h[n]) for n in names)} "
                         f"| [registration 2]({REG2}) |")
         else:
             rows.append(f"| {what} | runs in progress ({text.split('Status: ')[-1].split(' are in')[0].strip()}) "
