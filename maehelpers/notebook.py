@@ -375,8 +375,8 @@ def show_ft_budget():
 
 def show_long_stage():
     """The study's long-budget stage from the committed records (docs/study.md): each arm's k-NN
-    monitor over 16,000 steps, raw pixels as lines, the records of every budget as points. Says so
-    while the stage has no record yet."""
+    monitor over 16,000 steps, raw pixels as lines, the records of every budget as points; once every
+    registered record is in, its verdict in plain sentences."""
     from .study.long import progress
     from .study.plots import plot_long
     from .study.records import read_records
@@ -385,5 +385,9 @@ def show_long_stage():
     fig = plot_long(validation, held)
     done, total = progress({k: v for k, v in held.items() if k[2] == 16000})
     print(f"The study's 16,000-step stage (Fashion-MNIST, preset ablation): {done} of its {total} registered records "
-          + ("are in; its registered verdict is in docs/study.md." if done == total else "are in so far."))
+          + ("are in; its registered verdict (docs/study.md has the tables):" if done == total else "are in so far."))
+    if done == total:
+        from .study.long import report, verdict
+        from .study.settings import StudySettings
+        print("\n".join(line.replace("**", "") for line in verdict(report(StudySettings())[1])))
     return fig

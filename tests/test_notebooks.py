@@ -98,6 +98,8 @@ def test_cells_drawn_from_the_study_records_show_the_committed_records():
         stored = "".join(o.text for o in cell.outputs if o.output_type == "stream")
         assert stored == printed.getvalue(), f"{name}: run python scripts/make_notebooks.py --study-cells"
         assert any("image/png" in o.get("data", {}) for o in cell.outputs), f"{name}: {cell.source} draws nothing"
+        if "15 of its 15 registered records are in" in stored:   # a complete stage says its verdict, not just where
+            assert "Does pretraining beat scratch for fine-tuning (20 epochs)? " in stored, name
 
 
 def test_series_runs_under_nbval(tmp_path):
